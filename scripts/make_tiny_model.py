@@ -1,0 +1,240 @@
+"""Build the tiny random Qwen3 model and GSM8K tokenizer used as an offline test fixture.
+
+Run from the repository root:
+
+    python scripts/make_tiny_model.py --out fixtures/tiny-qwen3 --seed 0
+
+Benchmarks reuse `build_model` to make bigger random models at run time, e.g.
+`build_model(tokenizer_dir, ModelShape(hidden=320, layers=8, heads=8, kv_heads=4, head_dim=40,
+intermediate=1024))` has 11.0M parameters and builds in about 0.1 s.
+"""
+
+import json
+import math
+import shlex
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import tyro
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from harness.prompts import format_prompt
+
+EOS_TOKEN = "<|endoftext|>"
+SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
+# Added but not special, so `decode(..., skip_special_tokens=True)` keeps them for the reward.
+TAG_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
+
+# Qwen2/Qwen3's pre-tokenizer regex: `\p{N}` alone makes every digit its own pre-token, so BPE
+# can never merge digits and numbers are always spelled digit by digit.
+QWEN_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+VOCAB_MULTIPLE = 64
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Size of a Qwen3 decoder; the defaults give the committed fixture (~0.2M parameters)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 16
+    intermediate: int = 192
+    max_positions: int = 2048
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            if getattr(self, field.name) < 1:
+                raise ValueError(f"ModelShape.{field.name} must be positive")
+        if self.heads % self.kv_heads:
+            raise ValueError(
+                f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})"
+            )
+
+
+@dataclass(frozen=True)
+class Args:
+    """Build a tiny random Qwen3 model and its GSM8K tokenizer into one directory."""
+
+    out: Path = Path("fixtures/tiny-qwen3")
+    """Directory for tokenizer, model, generation config and README."""
+    seed: int = 0
+    """Seed of the random weights."""
+    vocab_size: int = 2000
+    """BPE target size before the four tag tokens; the model rounds up to a multiple of 64."""
+    gsm8k_train: Path = Path("fixtures/gsm8k/train.jsonl")
+    """GSM8K train jsonl the tokenizer is trained on."""
+    shape: tyro.conf.OmitArgPrefixes[ModelShape] = ModelShape()
+    """Model size."""
+
+
+def read_gsm8k(path: Path) -> list[dict[str, str]]:
+    """Rows `{"question", "answer"}` of a GSM8K jsonl file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"GSM8K train file not found: {path}")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tokenizer_corpus(rows: Iterable[dict[str, str]]) -> Iterator[str]:
+    """Every question inside both prompt templates, and every answer, as the model will see them."""
+    for row in rows:
+        yield format_prompt(row["question"], use_r1_zero_format=True)
+        yield format_prompt(row["question"], use_r1_zero_format=False)
+        yield row["answer"]
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE with Qwen's digit-splitting pre-tokenizer; lossless on any unicode string."""
+    min_size = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
+    if vocab_size <= min_size:
+        raise ValueError(f"vocab_size must exceed {min_size} (bytes + special tokens)")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in TAG_TOKENS])
+    return tokenizer
+
+
+def wrap_tokenizer(tokenizer: Tokenizer, max_positions: int) -> PreTrainedTokenizerFast:
+    """The transformers tokenizer: no BOS (as Qwen), EOS doubles as padding."""
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=None,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t != EOS_TOKEN],
+        add_bos_token=False,
+        clean_up_tokenization_spaces=False,
+        model_max_length=max_positions,
+    )
+
+
+def round_up(n: int, multiple: int) -> int:
+    return math.ceil(n / multiple) * multiple
+
+
+def build_config(tokenizer: PreTrainedTokenizerFast, shape: ModelShape) -> Qwen3Config:
+    """A Qwen3 config sized by `shape` whose vocabulary covers `tokenizer`."""
+    return Qwen3Config(
+        vocab_size=round_up(len(tokenizer), VOCAB_MULTIPLE),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+
+
+def build_model(
+    tokenizer_dir: Path | str, shape: ModelShape = ModelShape(), seed: int = 0
+) -> Qwen3ForCausalLM:
+    """A randomly initialised float32 Qwen3 for the tokenizer saved in `tokenizer_dir`."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = build_config(tokenizer, shape)
+    # A forked RNG keeps the weights a function of `seed` alone and leaves the caller's RNG as is.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+    )
+    return model.eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def reproduce_command(args: Args) -> str:
+    """The full command line that rebuilds `args.out`, every flag spelled out."""
+    flags = {"out": args.out, "seed": args.seed, "vocab-size": args.vocab_size}
+    flags |= {"gsm8k-train": args.gsm8k_train}
+    flags |= {name.replace("_", "-"): value for name, value in asdict(args.shape).items()}
+    parts = ["python", "scripts/make_tiny_model.py"]
+    parts += [f"--{name} {shlex.quote(str(value))}" for name, value in flags.items()]
+    return " ".join(parts)
+
+
+def readme_text(args: Args, model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> str:
+    c = model.config
+    return f"""# tiny-qwen3
+
+A randomly initialised `Qwen3ForCausalLM` and a byte-level BPE tokenizer trained on GSM8K, for
+offline tests of the local backend. The model has never been trained: its outputs are noise.
+
+Made by (from the repository root; the same flags give byte-identical files):
+
+    {reproduce_command(args)}
+
+## Model
+
+- {count_parameters(model):,} parameters, float32, tied input and output embeddings.
+- Hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} attention heads
+  ({c.num_key_value_heads} KV heads) of dimension {c.head_dim}, MLP {c.intermediate_size},
+  {c.max_position_embeddings} positions.
+- Vocabulary {c.vocab_size}: the tokenizer's {len(tokenizer)} tokens rounded up to a multiple of
+  {VOCAB_MULTIPLE}.
+
+## Tokenizer
+
+- Trained on the GSM8K train answers and questions, the latter inside the R1-Zero and boxed
+  prompt templates.
+- Qwen's pre-tokenizer, so every digit is its own token; the 256-byte alphabet makes any unicode
+  string round-trip losslessly.
+- `{EOS_TOKEN}` (id {tokenizer.eos_token_id}) is EOS and padding; no BOS. `<|im_start|>` and
+  `<|im_end|>` are special tokens. `<think>`, `</think>`, `<answer>`, `</answer>` are single added
+  tokens that are not special, so decoding with `skip_special_tokens=True` keeps them.
+"""
+
+
+def main(args: Args) -> None:
+    tokenizer = wrap_tokenizer(
+        train_tokenizer(tokenizer_corpus(read_gsm8k(args.gsm8k_train)), args.vocab_size),
+        args.shape.max_positions,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(args.out)
+    model = build_model(args.out, args.shape, args.seed)
+    model.save_pretrained(args.out)
+    (args.out / "README.md").write_text(readme_text(args, model, tokenizer), encoding="utf-8")
+    print(
+        f"wrote {args.out}: {count_parameters(model):,} parameters, "
+        f"tokenizer {len(tokenizer)} tokens, model vocabulary {model.config.vocab_size}"
+    )
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
