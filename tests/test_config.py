@@ -1,0 +1,121 @@
+import dataclasses
+
+import pytest
+
+from harness.cli import parse_config
+from harness.config import Config, ConfigError, resolve_backend, validate
+
+ORIGINAL_README_DEFAULTS = {
+    "model_name": "Qwen/Qwen3-8B",
+    "base_url": None,
+    "lora_rank": 32,
+    "n_grpo_steps": 200,
+    "learning_rate": 1e-5,
+    "rollout_batch_size": 256,
+    "group_size": 8,
+    "advantage_eps": 1e-6,
+    "use_std_normalization": True,
+    "cliprange": 0.2,
+    "sampling_temperature": 1.0,
+    "sampling_max_tokens": 1024,
+    "use_r1_zero_format": True,
+    "log_path": "/tmp/grpo-tinker",
+    "save_every": 20,
+    "eval_every": 20,
+    "wandb_project": None,
+    "wandb_name": None,
+}
+
+
+def test_every_flag_of_the_original_readme_has_its_default():
+    config = parse_config([])
+    for name, default in ORIGINAL_README_DEFAULTS.items():
+        assert getattr(config, name) == default, name
+    assert (config.backend, config.dataset_path, config.eval_n) == ("auto", None, 100)
+
+
+def test_flags_parse_in_the_readme_style():
+    config = parse_config(
+        [
+            "--n_grpo_steps=5",
+            "--rollout_batch_size=8",
+            "--group_size=2",
+            "--use_std_normalization=False",
+            "--use_r1_zero_format=False",
+            "--learning_rate=3e-4",
+            "--base_url=http://127.0.0.1:8000",
+        ]
+    )
+    assert config.n_grpo_steps == 5 and config.rollout_batch_size == 8 and config.group_size == 2
+    assert config.use_std_normalization is False and config.use_r1_zero_format is False
+    assert config.learning_rate == 3e-4 and config.base_url == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize(
+    ("environ", "base_url", "backend", "expected"),
+    [
+        ({}, None, "auto", "local"),
+        ({"TINKER_API_KEY": "tml-x"}, None, "auto", "tinker"),
+        ({}, "http://127.0.0.1:1", "auto", "tinker"),
+        ({"TINKER_API_KEY": "tml-x"}, None, "local", "local"),
+    ],
+)
+def test_auto_backend(environ, base_url, backend, expected):
+    config = Config(base_url=base_url, backend=backend)
+    assert resolve_backend(config, environ) == expected
+
+
+def local(tiny_model_dir, gsm8k_dir, **changes):
+    fields = {"backend": "local", "model_name": str(tiny_model_dir), "dataset_path": str(gsm8k_dir)}
+    return Config(**(fields | changes))
+
+
+def test_a_good_local_config_passes(tiny_model_dir, gsm8k_dir):
+    validate(local(tiny_model_dir, gsm8k_dir), environ={})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"group_size": 1}, "--group_size=1 with --use_std_normalization=True"),
+        ({"group_size": 0}, "--group_size must be positive"),
+        ({"n_grpo_steps": 0}, "--n_grpo_steps must be positive"),
+        ({"rollout_batch_size": -3}, "--rollout_batch_size must be positive"),
+        ({"eval_n": 0}, "--eval_n must be positive"),
+        ({"cliprange": 1.0}, "--cliprange must lie in (0, 1)"),
+        ({"cliprange": 0.0}, "--cliprange must lie in (0, 1)"),
+        ({"learning_rate": 0.0}, "--learning_rate must be positive"),
+        ({"sampling_temperature": -1.0}, "--sampling_temperature must be >= 0"),
+        ({"dataset_path": "no/such/folder"}, "--dataset_path=no/such/folder: no such folder"),
+        ({"model_name": "no/such-model-dir"}, "--model_name=no/such-model-dir: no such model"),
+    ],
+)
+def test_mistakes_give_one_line_errors(tiny_model_dir, gsm8k_dir, changes, message):
+    with pytest.raises(ConfigError) as info:
+        validate(local(tiny_model_dir, gsm8k_dir, **changes), environ={})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_group_size_one_is_fine_without_std_normalization(tiny_model_dir, gsm8k_dir):
+    validate(
+        local(tiny_model_dir, gsm8k_dir, group_size=1, use_std_normalization=False), environ={}
+    )
+
+
+def test_dataset_folder_must_hold_both_splits(tmp_path, tiny_model_dir):
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    config = Config(backend="local", model_name=str(tiny_model_dir), dataset_path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"missing test\.jsonl"):
+        validate(config, environ={})
+
+
+def test_tinker_backend_needs_a_key():
+    with pytest.raises(ConfigError, match="TINKER_API_KEY is not set"):
+        validate(Config(backend="tinker"), environ={})
+    validate(Config(backend="tinker"), environ={"TINKER_API_KEY": "tml-x"})
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().group_size = 3  # type: ignore[misc]

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.data import BatchCursor, DatasetUnavailable, load_gsm8k, next_batch
+from harness.data.gsm8k import read_jsonl_problems
+
+
+def test_loads_both_gsm8k_splits_from_a_folder(gsm8k_dir):
+    train, test = load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
+    assert (len(train), len(test)) == (7473, 1319)
+    assert train[0].question.startswith("Natalia sold clips")
+    assert train[0].answer.endswith("#### 72")
+
+
+def test_a_bad_row_names_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "#### 1"}) + "\n" + '{"question": 1}\n')
+    with pytest.raises(DatasetUnavailable, match=r"train.jsonl:2: expected a JSON object"):
+        read_jsonl_problems(path)
+
+
+def test_unreachable_hub_names_the_offline_flag(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("harness.data.gsm8k._hub_reachable", lambda: False)
+    with pytest.raises(DatasetUnavailable, match="--dataset_path"):
+        load_gsm8k("train")
+
+
+@given(
+    n=st.integers(1, 40),
+    batch_size=st.integers(1, 50),
+    n_batches=st.integers(1, 6),
+    seed=st.integers(0, 3),
+)
+def test_cursor_walks_every_epoch_exactly_once(n, batch_size, n_batches, seed):
+    cursor, taken = BatchCursor(), []
+    for _ in range(n_batches):
+        indices, cursor = next_batch(cursor, n, batch_size, seed)
+        assert len(indices) == batch_size
+        taken.extend(indices)
+    for epoch_start in range(0, len(taken) - n + 1, n):
+        assert sorted(taken[epoch_start : epoch_start + n]) == list(range(n))
+
+
+@given(n=st.integers(1, 30), batch_size=st.integers(1, 12), split=st.integers(0, 5))
+def test_resuming_from_a_saved_cursor_takes_the_same_batches(n, batch_size, split):
+    cursor, straight = BatchCursor(), []
+    for _ in range(6):
+        indices, cursor = next_batch(cursor, n, batch_size, seed=7)
+        straight.append(indices)
+    cursor, resumed = BatchCursor(), []
+    for _ in range(split):
+        indices, cursor = next_batch(cursor, n, batch_size, seed=7)
+        resumed.append(indices)
+    saved = BatchCursor(**json.loads(json.dumps(cursor.__dict__)))
+    for _ in range(6 - split):
+        indices, saved = next_batch(saved, n, batch_size, seed=7)
+        resumed.append(indices)
+    assert resumed == straight
+
+
+def test_seeds_give_different_orders():
+    first, _ = next_batch(BatchCursor(), 100, 10, seed=0)
+    other, _ = next_batch(BatchCursor(), 100, 10, seed=1)
+    assert first != other
