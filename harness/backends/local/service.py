@@ -1,0 +1,275 @@
+"""`LocalServiceClient`: Tinker's service-client surface on PyTorch + transformers + peft."""
+
+import random
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tinker import types
+from tinker.lib.public_interfaces.api_future import APIFuture
+from transformers import AutoTokenizer, PreTrainedModel
+
+from .engine import GenerationEngine, SamplerModel
+from .futures import run_now
+from .models import (
+    LoraSpec,
+    causal_lm,
+    export_merged,
+    frozen_snapshot,
+    load_adapter,
+    load_base_model,
+    resolve_model_dir,
+    with_lora,
+)
+from .sampling import LocalSamplingClient
+from .storage import CheckpointStore, read_meta
+from .training import OPTIMIZER_FILE, LocalTrainingClient
+
+_CPU_BUDGET_BYTES = 4 << 30
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes one sampling batch or training chunk may use: 30% of free GPU memory, or 4 GiB."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.3 * free)
+    return _CPU_BUDGET_BYTES
+
+
+def _kv_bytes_per_token(model: PreTrainedModel) -> int:
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    element = torch.finfo(model.dtype).bits // 8
+    return config.num_hidden_layers * 2 * kv_heads * head_dim * element
+
+
+def _train_bytes_per_token(model: PreTrainedModel, vocab_size: int) -> int:
+    """Rough activation memory per token for backward: ~40 hidden-size tensors per layer, plus
+    the logits and their log-softmax."""
+    config = model.config.get_text_config()
+    return 4 * (config.num_hidden_layers * config.hidden_size * 40 + 3 * vocab_size)
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> tuple[int, ...]:
+    generation = getattr(model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return tuple(sorted({eos} if isinstance(eos, int) else set(eos or ())))
+
+
+def _location(meta: dict[str, Any]) -> str:
+    """Where a checkpoint's base model is: the directory it was loaded from if that still
+    exists (the name may be a path relative to another working directory), else its name."""
+    return meta["model_dir"] if Path(meta["model_dir"]).is_dir() else meta["base_model"]
+
+
+class LocalServiceClient:
+    """Offline twin of `tinker.ServiceClient`.
+
+    Everything it saves lives under `storage_dir`; a new process with the same `storage_dir`
+    resolves every `tinker://` path. `seed` fixes what Tinker leaves random (LoRA init when
+    `seed=None`, unseeded sampling), so whole runs replay exactly.
+    """
+
+    def __init__(
+        self,
+        storage_dir: str | Path,
+        device: str | torch.device | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
+        memory_budget_bytes: int | None = None,
+    ):
+        self.store = CheckpointStore(storage_dir)
+        self.device = torch.device(device) if device is not None else _default_device()
+        self.dtype = dtype
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+        self._memory_budget = memory_budget_bytes or _memory_budget(self.device)
+        self._engine = GenerationEngine(self._memory_budget)
+        self._bases: dict[Path, PreTrainedModel] = {}
+        self._tokenizers: dict[tuple[Path, str], Any] = {}
+        self._load_lock = threading.Lock()
+
+    def __enter__(self) -> "LocalServiceClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close("success")
+
+    def close(
+        self,
+        status: Literal["success", "errored", "interrupted"] = "success",
+        detail: str | None = None,
+    ) -> APIFuture[None]:
+        self._engine.close()
+        return run_now(lambda: None)
+
+    # -- models -------------------------------------------------------------------------------
+
+    def next_seed(self) -> int:
+        with self._rng_lock:
+            return self._rng.randrange(2**63)
+
+    def base(self, location: str) -> tuple[Path, PreTrainedModel]:
+        """The frozen base model (loaded once per directory) and its directory."""
+        model_dir = resolve_model_dir(location)
+        with self._load_lock:
+            if model_dir not in self._bases:
+                self._bases[model_dir] = load_base_model(model_dir, self.device, self.dtype)
+            return model_dir, self._bases[model_dir]
+
+    def train_tokens_per_chunk(self, model: PreTrainedModel) -> int:
+        """Padded tokens per forward/backward chunk that fit the memory budget."""
+        vocab_size = model.get_output_embeddings().weight.shape[0]
+        return max(64, self._memory_budget // _train_bytes_per_token(model, vocab_size))
+
+    def tokenizer(self, model_dir: Path, user: str = "client") -> Any:
+        """The tokenizer in `model_dir`, one instance per user: Rust tokenizers may refuse to
+        be used from two threads at once, and the sampling engine decodes in its own."""
+        with self._load_lock:
+            if (model_dir, user) not in self._tokenizers:
+                self._tokenizers[model_dir, user] = AutoTokenizer.from_pretrained(
+                    model_dir, local_files_only=True
+                )
+            return self._tokenizers[model_dir, user]
+
+    def _training_client(
+        self,
+        base_model: str,
+        spec: LoraSpec,
+        checkpoint: Path | None = None,
+        location: str | None = None,
+    ) -> LocalTrainingClient:
+        model_dir, base = self.base(location or base_model)
+        model = with_lora(base, spec)
+        if checkpoint is not None:
+            load_adapter(model, checkpoint)
+        run_id = self.store.new_run_id()
+        return LocalTrainingClient(self, run_id, base_model, model_dir, model, spec)
+
+    def sampling_client_for(
+        self, model: torch.nn.Module, base_model: str, model_dir: Path
+    ) -> LocalSamplingClient:
+        lm = causal_lm(model)
+        tokenizer = self.tokenizer(model_dir)
+        sampler = SamplerModel(
+            lm=lm,
+            tokenizer=tokenizer,
+            stop_decoder=self.tokenizer(model_dir, user="engine"),
+            eos_token_ids=_eos_token_ids(lm, tokenizer),
+            vocab_size=lm.get_output_embeddings().weight.shape[0],
+            max_context=getattr(lm.config.get_text_config(), "max_position_embeddings", None),
+            kv_bytes_per_token=_kv_bytes_per_token(lm),
+        )
+        return LocalSamplingClient(self._engine, sampler, base_model, self.next_seed)
+
+    # -- the ServiceClient surface ------------------------------------------------------------
+
+    def create_lora_training_client(
+        self,
+        base_model: str,
+        rank: int = 32,
+        seed: int | None = None,
+        train_mlp: bool = True,
+        train_attn: bool = True,
+        train_unembed: bool = True,
+        user_metadata: dict[str, str] | None = None,
+        optimizer: types.OptimizerConfig | None = None,
+    ) -> APIFuture[LocalTrainingClient]:
+        """A fresh LoRA adapter (B = 0, so it starts as the base model) with AdamW state."""
+        if not (train_mlp or train_attn or train_unembed):
+            raise ValueError("At least one of train_mlp, train_attn, or train_unembed must be True")
+        seed = seed if seed is not None else self.next_seed()
+        spec = LoraSpec(rank, seed, train_mlp, train_attn, train_unembed)
+
+        def create() -> LocalTrainingClient:
+            if optimizer is not None and optimizer.type != "adamw":
+                raise ValueError(f"the local backend implements AdamW only, got {optimizer.type!r}")
+            return self._training_client(base_model, spec)
+
+        return run_now(create)
+
+    def _from_state(self, path: str, base_model: str | None, with_optimizer: bool):
+        directory = self.store.resolve(path)
+        meta = read_meta(directory)
+        if with_optimizer and not (directory / OPTIMIZER_FILE).is_file():
+            raise FileNotFoundError(
+                f"{path} holds no optimizer state (sampler weights?); pass a"
+                " tinker://<run_id>/weights/<name> path from save_state"
+            )
+        client = self._training_client(
+            base_model or meta["base_model"],
+            LoraSpec(**meta["lora"]),
+            checkpoint=directory,
+            location=base_model or _location(meta),
+        )
+        if with_optimizer:
+            client.load_optimizer_state(directory / OPTIMIZER_FILE)
+        return client
+
+    def create_training_client_from_state(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+        weights_access_token: str | None = None,
+        optimizer: types.OptimizerConfig | None = None,
+    ) -> APIFuture[LocalTrainingClient]:
+        """A new run with the checkpoint's adapter weights and a fresh optimizer."""
+        return run_now(lambda: self._from_state(path, base_model, with_optimizer=False))
+
+    def create_training_client_from_state_with_optimizer(
+        self,
+        path: str,
+        base_model: str | None = None,
+        user_metadata: dict[str, str] | None = None,
+        weights_access_token: str | None = None,
+    ) -> APIFuture[LocalTrainingClient]:
+        """A new run with the checkpoint's adapter weights and AdamW state (moments, step)."""
+        return run_now(lambda: self._from_state(path, base_model, with_optimizer=True))
+
+    def create_sampling_client(
+        self,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ) -> APIFuture[LocalSamplingClient]:
+        if model_path is None and base_model is None:
+            raise ValueError("Either model_path or base_model must be provided")
+
+        def create() -> LocalSamplingClient:
+            if model_path is None:
+                model_dir, base = self.base(base_model)
+                return self.sampling_client_for(base, base_model, model_dir)
+            directory = self.store.resolve(model_path)
+            meta = read_meta(directory)
+            name = base_model or meta["base_model"]
+            model_dir, base = self.base(base_model or _location(meta))
+            model = with_lora(base, LoraSpec(**meta["lora"]))
+            load_adapter(model, directory)
+            return self.sampling_client_for(frozen_snapshot(model), name, model_dir)
+
+        return run_now(create)
+
+    # -- beyond Tinker ------------------------------------------------------------------------
+
+    def export_merged_model(self, path: str, out_dir: str | Path) -> Path:
+        """Write `path`'s weights (LoRA merged into the base) and the tokenizer as a plain
+        Hugging Face model directory, e.g. to commit a trained model as a new base."""
+        directory = self.store.resolve(path)
+        meta = read_meta(directory)
+        model_dir, base = self.base(_location(meta))
+        spec = LoraSpec(**meta["lora"])
+        return export_merged(base, spec, directory, model_dir, Path(out_dir))

@@ -1,0 +1,255 @@
+"""The training client: a LoRA model, its AdamW state, and calls run in submission order."""
+
+import os
+import shutil
+import uuid
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from peft import PeftModel
+from tinker import types
+from tinker.lib.public_interfaces.api_future import APIFuture
+from tinker.types.optimizer import OptimParamsBase
+
+from . import batches, losses
+from .futures import OrderedWorker
+from .models import (
+    LoraSpec,
+    causal_lm,
+    forward,
+    frozen_snapshot,
+    save_adapter,
+    trainable_parameters,
+)
+from .optimizer import adam_step, new_optimizer
+from .storage import Kind, TinkerPath, check_name, write_meta
+
+if TYPE_CHECKING:
+    from .sampling import LocalSamplingClient
+    from .service import LocalServiceClient
+
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+class LocalTrainingClient:
+    """Mirror of `tinker.TrainingClient` for one LoRA run on this machine."""
+
+    def __init__(
+        self,
+        service: "LocalServiceClient",
+        run_id: str,
+        base_model: str,
+        model_dir: Path,
+        model: PeftModel,
+        spec: LoraSpec,
+    ):
+        self._service = service
+        self.model_id = run_id
+        self._base_model = base_model
+        self._model_dir = model_dir
+        self._model = model
+        self._lm = causal_lm(model)
+        self._spec = spec
+        self._params = trainable_parameters(model)
+        self._optimizer = new_optimizer(self._params)
+        self._vocab_size = self._lm.get_output_embeddings().weight.shape[0]
+        self._tokens_per_chunk = service.train_tokens_per_chunk(self._lm)
+        self._worker = OrderedWorker(f"local-train-{run_id}")
+        weakref.finalize(self, self._worker.shutdown)
+        config = self._lm.config
+        self._info = types.GetInfoResponse(
+            model_data=types.ModelData(
+                arch=(config.architectures or [config.model_type])[0],
+                model_name=base_model,
+                tokenizer_id=str(model_dir),
+            ),
+            model_id=run_id,
+            is_lora=True,
+            lora_rank=spec.rank,
+            model_name=base_model,
+        )
+
+    @property
+    def model(self) -> PeftModel:
+        """The LoRA model this client trains (for inspection; use the API to change it)."""
+        return self._model
+
+    # -- forward / backward -------------------------------------------------------------------
+
+    def forward(
+        self,
+        data: list[types.Datum],
+        loss_fn: types.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """The loss and per-datum target logprobs, without gradients."""
+        return self._submit_fwd(data, loss_fn, loss_fn_config, backward=False)
+
+    def forward_backward(
+        self,
+        data: list[types.Datum],
+        loss_fn: types.LossFnType,
+        loss_fn_config: Mapping[str, float | str] | None = None,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """As `forward`, and add the loss's gradients to those accumulated since `optim_step`."""
+        return self._submit_fwd(data, loss_fn, loss_fn_config, backward=True)
+
+    def _submit_fwd(self, data, loss_fn, loss_fn_config, backward: bool):
+        if not data:
+            raise ValueError("No data provided")
+        data = list(data)
+        return self._worker.submit(lambda: self._fwd(data, loss_fn, loss_fn_config, backward))
+
+    def _fwd(
+        self,
+        data: list[types.Datum],
+        loss_fn: str,
+        loss_fn_config: Mapping[str, float | str] | None,
+        backward: bool,
+    ) -> types.ForwardBackwardOutput:
+        spec, config = losses.resolve(loss_fn, loss_fn_config)
+        examples = batches.examples(data, spec.inputs, self._vocab_size)
+        logprobs_D: list[np.ndarray | None] = [None] * len(examples)
+        total = 0.0
+        lengths = [example.tokens.size for example in examples]
+        for chunk in batches.chunks(lengths, self._tokens_per_chunk):
+            batch = batches.collate([examples[i] for i in chunk], self._lm.device)
+            with torch.set_grad_enabled(backward):
+                logits_B_T_V, _ = forward(self._lm, batch.tokens_B_T)
+                targets_B_T = batch.inputs_B_T["target_tokens"]
+                target_logprobs_B_T = losses.selected_logprobs(logits_B_T_V, targets_B_T)
+                inputs_B_T = batch.inputs_B_T
+                loss_B_T = losses.per_token_loss(spec, config, target_logprobs_B_T, inputs_B_T)
+                loss = torch.where(batch.mask_B_T, loss_B_T, 0.0).sum()
+                if backward:
+                    loss.backward()
+            total += loss.item()
+            rows_B_T = target_logprobs_B_T.detach().cpu().numpy()
+            for row, (i, length) in enumerate(zip(chunk, batch.lengths_B, strict=True)):
+                logprobs_D[i] = rows_B_T[row, :length]
+        return types.ForwardBackwardOutput(
+            loss_fn_output_type="ArrayRecord",
+            loss_fn_outputs=[
+                {"logprobs": types.TensorData.from_numpy(logprobs)} for logprobs in logprobs_D
+            ],
+            metrics={"loss:sum": total},
+        )
+
+    # -- optimizer ----------------------------------------------------------------------------
+
+    def optim_step(
+        self,
+        optim_params: types.AdamParams | OptimParamsBase | None = None,
+        *,
+        adam_params: types.AdamParams | None = None,
+    ) -> APIFuture[types.OptimStepResponse]:
+        """One AdamW step on the accumulated gradients, which it then zeroes."""
+        if optim_params is not None and adam_params is not None:
+            raise ValueError("Specify optim_params or legacy adam_params, not both")
+        params = optim_params if optim_params is not None else adam_params
+        if not isinstance(params, types.AdamParams | OptimParamsBase):
+            raise TypeError("Expected AdamParams or OptimParamsBase")
+
+        def step() -> types.OptimStepResponse:
+            if not isinstance(params, types.AdamParams):
+                raise ValueError(f"the local backend implements AdamW only, got {params.type!r}")
+            metrics = adam_step(self._optimizer, self._params, params)
+            return types.OptimStepResponse(metrics=metrics)
+
+        return self._worker.submit(step)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _save(self, kind: Kind, name: str, overwrite: bool, extra: Mapping[str, Any]) -> str:
+        """Write a checkpoint atomically (a killed save leaves no half-written checkpoint)."""
+        path = TinkerPath(self.model_id, kind, check_name(name))
+        directory = self._service.store.directory(path)
+        if directory.exists() and not overwrite:
+            raise FileExistsError(f"checkpoint {path} exists; pass overwrite=True to replace it")
+        staging = directory.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        staging.mkdir(parents=True)
+        save_adapter(self._model, staging)
+        if kind == "weights":
+            torch.save(self._optimizer.state_dict(), staging / OPTIMIZER_FILE)
+        write_meta(
+            staging,
+            {
+                "kind": kind,
+                "base_model": self._base_model,
+                "model_dir": str(self._model_dir),
+                "lora": self._spec.to_json(),
+                **extra,
+            },
+        )
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+        return str(path)
+
+    def save_state(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: dict[str, str] | None = None,
+    ) -> APIFuture[types.SaveWeightsResponse]:
+        """Save adapter weights and optimizer state; resume with
+        `create_training_client_from_state_with_optimizer`."""
+        extra = {"user_metadata": user_metadata, "ttl_seconds": ttl_seconds}
+
+        def save() -> types.SaveWeightsResponse:
+            path = self._save("weights", name, overwrite, extra)
+            return types.SaveWeightsResponse(path=path)
+
+        return self._worker.submit(save)
+
+    def save_weights_for_sampler(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        user_metadata: dict[str, str] | None = None,
+    ) -> APIFuture[types.SaveWeightsForSamplerResponse]:
+        extra = {"user_metadata": user_metadata, "ttl_seconds": ttl_seconds}
+
+        def save() -> types.SaveWeightsForSamplerResponse:
+            path = self._save("sampler_weights", name, True, extra)
+            return types.SaveWeightsForSamplerResponse(path=path)
+
+        return self._worker.submit(save)
+
+    def save_weights_and_get_sampling_client(
+        self,
+        name: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+        kind: types.SamplingClientKind = "snapshot",
+    ) -> APIFuture["LocalSamplingClient"]:
+        """A sampling client over a snapshot of the current weights (kept in memory)."""
+        if kind != "snapshot":
+            raise NotImplementedError(f"the local backend implements kind='snapshot' only: {kind}")
+        return self._worker.submit(
+            lambda: self._service.sampling_client_for(
+                frozen_snapshot(self._model), self._base_model, self._model_dir
+            )
+        )
+
+    def create_sampling_client(
+        self, model_path: str, retry_config: Any = None, record_stability_info: bool = False
+    ) -> APIFuture["LocalSamplingClient"]:
+        return self._service.create_sampling_client(model_path=model_path)
+
+    # -- information --------------------------------------------------------------------------
+
+    def get_info(self) -> types.GetInfoResponse:
+        return self._info
+
+    def get_tokenizer(self) -> Any:
+        return self._service.tokenizer(self._model_dir)
+
+    def load_optimizer_state(self, path: Path) -> None:
+        state = torch.load(path, map_location=self._lm.device, weights_only=True)
+        self._optimizer.load_state_dict(state)
