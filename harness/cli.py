@@ -1,0 +1,101 @@
+"""`grpo_train_tinker.py`: flags in, a GRPO run out; user mistakes end in one line, not a trace."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import tyro
+from rich.console import Console
+
+from harness.backends import make_service_client
+from harness.config import Config, ConfigError, resolve_backend, validate
+from harness.data import DatasetUnavailable, load_gsm8k
+from harness.evaluation import RewardFn
+from harness.logger import RunLogger
+from harness.loop import RunResult, train
+
+
+def parse_config(argv: Sequence[str] | None = None) -> Config:
+    """Flags as the original README writes them: `--flag=value`, booleans as True/False."""
+    return tyro.cli(
+        Config, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True
+    )
+
+
+def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -> int:
+    """Parse, validate, run. `reward_fn` replaces the training reward (tests use this seam)."""
+    config = parse_config(argv)
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        validate(config)
+        train_problems = load_gsm8k("train", config.dataset_path)
+        test_problems = load_gsm8k("test", config.dataset_path)
+    except (ConfigError, DatasetUnavailable) as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
+
+    warn_if_config_changed(config, console)
+    backend = resolve_backend(config, os.environ)
+    console.print(
+        f"GRPO on {config.model_name} via the {backend} backend: {config.n_grpo_steps} steps of "
+        f"{config.rollout_batch_size} questions x {config.group_size} samples; logs in "
+        f"{config.log_path}",
+        highlight=False,
+    )
+    logger = RunLogger(config, console)
+    start = time.perf_counter()
+    try:
+        service_client = make_service_client(config, os.environ)
+        result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
+    except KeyboardInterrupt:
+        console.print(
+            "interrupted: rerun the same command to resume from the last checkpoint in "
+            f"{Path(config.log_path) / 'checkpoints'}",
+            highlight=False,
+        )
+        return 130
+    finally:
+        logger.close()
+    print_summary(config, result, time.perf_counter() - start, console)
+    return 0
+
+
+def warn_if_config_changed(config: Config, console: Console) -> None:
+    """Keep the run's config beside its logs; say so when a resumed run changes it."""
+    path = Path(config.log_path) / "config.json"
+    current = dataclasses.asdict(config)
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in current if previous.get(k) != current[k])
+        if changed:
+            console.print(
+                "[yellow]warning:[/] this log_path was started with other values of "
+                + ", ".join(f"--{k} (was {previous.get(k)!r})" for k in changed),
+                highlight=False,
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+def print_summary(config: Config, result: RunResult, seconds: float, console: Console) -> None:
+    log_path = Path(config.log_path)
+    resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
+    final = result.final_metrics
+    console.print(
+        f"done: {result.steps_run} steps in {seconds:.1f} s{resumed}; final validation accuracy "
+        f"{final['val/accuracy']:.3f}, format accuracy {final['val/format_accuracy']:.3f}\n"
+        f"  metrics:     {log_path / 'metrics.jsonl'}\n"
+        f"  checkpoints: {log_path / 'checkpoints' / 'index.jsonl'}\n"
+        f"  validation:  {log_path / 'eval'}/",
+        highlight=False,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Sampling: prompts in, groups of responses out, every request in flight at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tinker
+
+# Waits on futures in order; the loop passes one that draws a progress bar.
+Collect = Callable[[Sequence[Any], str], list[Any]]
+
+
+def collect_quietly(futures: Sequence[Any], description: str) -> list[Any]:
+    return [future.result() for future in futures]
+
+
+def encode_prompts(tokenizer: Any, prompts_P: Sequence[str]) -> list[tinker.ModelInput]:
+    return [tinker.ModelInput.from_ints(tokenizer.encode(text)) for text in prompts_P]
+
+
+def stop_sequences(tokenizer: Any, use_r1_zero_format: bool) -> list[str] | None:
+    """R1-Zero responses end at `</answer>`; both formats end at the end-of-sequence token.
+
+    An explicit stop list replaces Tinker's implicit EOS stop, so it names EOS too.
+    """
+    if not use_r1_zero_format:
+        return None
+    return ["</answer>", tokenizer.eos_token]
+
+
+def request_seed(run_seed: int, step: int, index: int) -> int:
+    """A seed per request, so a resumed run samples exactly what the original would have."""
+    return int(np.random.SeedSequence([run_seed, step, index]).generate_state(1)[0] >> 1)
+
+
+def sample_groups(
+    sampling_client: Any,
+    prompts_P: Sequence[tinker.ModelInput],
+    group_size: int,
+    params_P: Sequence[tinker.SamplingParams],
+    collect: Collect = collect_quietly,
+    description: str = "sampling",
+) -> list[tinker.SampleResponse]:
+    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait."""
+    futures_P = [
+        sampling_client.sample(prompt=prompt, num_samples=group_size, sampling_params=params)
+        for prompt, params in zip(prompts_P, params_P, strict=True)
+    ]
+    return collect(futures_P, description)
