@@ -23,9 +23,7 @@ from harness.loop import RunResult, train
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Flags as the original README writes them: `--flag=value`, booleans as True/False."""
-    return tyro.cli(
-        Config, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True
-    )
+    return tyro.cli(Config, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True)
 
 
 def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -> int:

@@ -1,6 +1,6 @@
 """On-policy GRPO on GSM8K through the Tinker API (or the offline local backend).
 
-    python scripts/grpo_train_tinker.py --help
+python scripts/grpo_train_tinker.py --help
 """
 
 import sys
