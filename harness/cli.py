@@ -13,9 +13,9 @@ from pathlib import Path
 import tyro
 from rich.console import Console
 
-from harness.backends import make_service_client
+from harness.backends import open_service_client
 from harness.config import Config, ConfigError, resolve_backend, validate
-from harness.data import DatasetUnavailable, load_gsm8k
+from harness.data import DatasetUnavailable, load_problems
 from harness.evaluation import RewardFn
 from harness.logger import RunLogger
 from harness.loop import RunResult, train
@@ -32,8 +32,8 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     console = Console(stderr=True, soft_wrap=True)
     try:
         validate(config)
-        train_problems = load_gsm8k("train", config.dataset_path)
-        test_problems = load_gsm8k("test", config.dataset_path)
+        train_problems = load_problems(config.dataset, "train", config.dataset_path)
+        test_problems = load_problems(config.dataset, "test", config.dataset_path)
     except (ConfigError, DatasetUnavailable) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
@@ -49,8 +49,8 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     logger = RunLogger(config, console)
     start = time.perf_counter()
     try:
-        service_client = make_service_client(config, os.environ)
-        result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
+        with open_service_client(config, os.environ) as service_client:
+            result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
     except KeyboardInterrupt:
         console.print(
             "interrupted: rerun the same command to resume from the last checkpoint in "

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-Backend = Literal["auto", "tinker", "local"]
+Backend = Literal["auto", "tinker", "local", "local-server", "replay"]
+Dataset = Literal["gsm8k", "arith"]
 
 
 class ConfigError(ValueError):
@@ -27,7 +28,9 @@ class Config:
     lora_rank: int = 32
     """LoRA rank."""
     backend: Backend = "auto"
-    """auto: Tinker when TINKER_API_KEY is set or --base_url is given, else local."""
+    """auto: Tinker when TINKER_API_KEY is set or --base_url is given, else local. local-server:
+    the local backend behind a Tinker-protocol server on 127.0.0.1, driven by the real SDK.
+    replay: answer every call from --cassette."""
 
     # Training hyperparameters.
     n_grpo_steps: int = 200
@@ -56,6 +59,8 @@ class Config:
     """R1-Zero prompt with <think></think><answer></answer>; False: plain prompt with \\boxed{}."""
 
     # Data and validation.
+    dataset: Dataset = "gsm8k"
+    """gsm8k, or arith: seeded GSM8K-style arithmetic word problems (offline, no files needed)."""
     dataset_path: str | None = None
     """Folder with train.jsonl and test.jsonl (GSM8K rows); default: openai/gsm8k from the hub."""
     eval_n: int = 100
@@ -74,6 +79,14 @@ class Config:
     """Weights & Biases project (off when unset; WANDB_MODE=offline works offline)."""
     wandb_name: str | None = None
     """Weights & Biases run name."""
+
+    # Recording and replay.
+    record_cassette: str | None = None
+    """Record every client call of the run (request, response, latency) to this JSONL file."""
+    cassette: str | None = None
+    """With --backend=replay: the cassette to answer from."""
+    replay_realtime: bool = False
+    """With --backend=replay: sleep the recorded latencies, reproducing the run's timing."""
 
 
 def resolve_backend(config: Config, environ: Mapping[str, str]) -> str:
@@ -114,6 +127,10 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
     if not config.sampling_temperature >= 0:
         raise ConfigError(f"--sampling_temperature must be >= 0, got {config.sampling_temperature}")
     if config.dataset_path is not None:
+        if config.dataset != "gsm8k":
+            raise ConfigError(
+                f"--dataset_path is for --dataset=gsm8k, not --dataset={config.dataset}"
+            )
         _check_dataset_folder(Path(config.dataset_path))
     backend = resolve_backend(config, environ)
     if backend == "tinker" and not environ.get("TINKER_API_KEY"):
@@ -121,8 +138,15 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
             "TINKER_API_KEY is not set: export TINKER_API_KEY=<your key> for the Tinker cloud, "
             "or run offline with --backend=local"
         )
-    if backend == "local":
+    if backend in ("local", "local-server"):
         _check_local_model(config.model_name)
+    if backend == "replay":
+        if config.cassette is None:
+            raise ConfigError("--backend=replay needs --cassette=PATH (a recording of a run)")
+        if not Path(config.cassette).is_file():
+            raise ConfigError(f"--cassette={config.cassette}: no such file")
+        if config.record_cassette is not None:
+            raise ConfigError("--record_cassette cannot record a replay; drop one of the two")
 
 
 def _check_dataset_folder(folder: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import tinker
 
-from harness.backends import make_service_client
+from harness.backends import open_service_client
 from harness.backends.local import LocalServiceClient
 from harness.checkpoints import last_checkpoint
 from harness.cli import main, parse_config
@@ -128,7 +128,7 @@ def logprobs_under(service: LocalServiceClient, tokens: list[int], **weights: st
 
 def test_varied_rewards_train_and_change_the_weights(tmp_path, tiny_model_dir, gsm8k_dir):
     config = parse_config(SMOKE + offline_args(tiny_model_dir, gsm8k_dir, tmp_path))
-    service = make_service_client(config, {})
+    service = LocalServiceClient(storage_dir=tmp_path / "tinker-storage")
     train_problems = load_gsm8k("train", gsm8k_dir)
     test_problems = load_gsm8k("test", gsm8k_dir)
     logger = RunLogger(config)
@@ -210,7 +210,7 @@ def test_every_sampling_request_is_in_flight_before_any_wait(tmp_path, tiny_mode
         [*args, "--n_grpo_steps=1", "--rollout_batch_size=16", "--group_size=2", "--eval_every=5"]
     )
     events: list[str] = []
-    service = DelayedSampling(make_service_client(config, {}), events)
+    service = DelayedSampling(LocalServiceClient(storage_dir=tmp_path / "storage"), events)
     train_problems, test_problems = load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
     start = time.perf_counter()
     train(config, service, train_problems, test_problems, RunLogger(config))
@@ -331,5 +331,5 @@ def test_tinker_backend_without_a_key_stops_before_any_work(tmp_path):
 def test_base_url_builds_a_real_tinker_service_client(monkeypatch):
     monkeypatch.setenv("TINKER_API_KEY", "tml-test")
     config = parse_config(["--base_url=http://127.0.0.1:9"])
-    client = make_service_client(config, {"TINKER_API_KEY": "tml-test"})
-    assert isinstance(client, tinker.ServiceClient)
+    with open_service_client(config, {"TINKER_API_KEY": "tml-test"}) as client:
+        assert isinstance(client, tinker.ServiceClient)

@@ -1,4 +1,5 @@
-"""How a Tinker ServiceClient is obtained: the cloud through the real SDK, or the local backend.
+"""How a Tinker ServiceClient is obtained: the cloud through the real SDK, the local backend
+(in process, or behind a local Tinker-protocol server), or a recorded run replayed.
 
 Every backend answers the SDK's client surface with real `tinker.types` objects, so the loop
 never knows which one it talks to.
@@ -6,23 +7,57 @@ never knows which one it talks to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from harness.config import Config, resolve_backend
 
 
-def make_service_client(config: Config, environ: Mapping[str, str]) -> Any:
+@contextlib.contextmanager
+def open_service_client(config: Config, environ: Mapping[str, str]) -> Iterator[Any]:
+    """The run's service client, recording to --record_cassette when asked; whatever the backend
+    started (a local server) stops when the block ends."""
     backend = resolve_backend(config, environ)
+    with contextlib.ExitStack() as stack:
+        service = stack.enter_context(_backend_service(backend, config))
+        if config.record_cassette is not None:
+            from harness.backends.record import RecordingServiceClient
+
+            service = stack.enter_context(
+                RecordingServiceClient(
+                    service,
+                    config.record_cassette,
+                    backend=backend,
+                    config=dataclasses.asdict(config),
+                )
+            )
+        yield service
+
+
+@contextlib.contextmanager
+def _backend_service(backend: str, config: Config) -> Iterator[Any]:
+    # Checkpoints of the local backends live with the run, so rerunning the command finds them.
+    storage_dir = Path(config.log_path) / "tinker-storage"
     if backend == "tinker":
         import tinker
 
         # The SDK reads TINKER_API_KEY itself; the key never passes through the harness.
-        return tinker.ServiceClient(base_url=config.base_url)
-    if backend == "local":
+        yield tinker.ServiceClient(base_url=config.base_url)
+    elif backend == "local":
         from harness.backends.local import LocalServiceClient
 
-        # Checkpoints live with the run, so rerunning the command finds them.
-        return LocalServiceClient(storage_dir=Path(config.log_path) / "tinker-storage")
-    raise ValueError(f"unknown backend {backend!r}")
+        yield LocalServiceClient(storage_dir=storage_dir, seed=config.seed)
+    elif backend == "local-server":
+        from harness.backends.local_server import local_server_service_client
+
+        with local_server_service_client(config.model_name, storage_dir) as service:
+            yield service
+    elif backend == "replay":
+        from harness.backends.replay import ReplayServiceClient
+
+        yield ReplayServiceClient(config.cassette, realtime=config.replay_realtime)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
