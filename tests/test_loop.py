@@ -333,3 +333,32 @@ def test_base_url_builds_a_real_tinker_service_client(monkeypatch):
     config = parse_config(["--base_url=http://127.0.0.1:9"])
     with open_service_client(config, {"TINKER_API_KEY": "tml-test"}) as client:
         assert isinstance(client, tinker.ServiceClient)
+
+
+def test_run_real_without_a_key_says_how_to_set_it():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "run_real.py")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "export TINKER_API_KEY=" in result.stderr
+
+
+def test_wandb_offline_logs_every_row(tmp_path, tiny_model_dir, gsm8k_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = [
+        *offline_args(tiny_model_dir, gsm8k_dir, tmp_path),
+        "--n_grpo_steps=2",
+        "--rollout_batch_size=2",
+        "--group_size=2",
+        "--wandb_project=harness-test",
+        "--wandb_name=offline",
+    ]
+    assert main(args) == 0
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    (run_file,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data = run_file.read_bytes()
+    assert data.count(b"reward/mean") >= 2 and b"val/accuracy" in data
