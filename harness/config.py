@@ -28,8 +28,8 @@ class Config:
     lora_rank: int = 32
     """LoRA rank."""
     backend: Backend = "auto"
-    """auto: Tinker when TINKER_API_KEY is set or --base_url is given, else local. local-server:
-    the local backend behind a Tinker-protocol server on 127.0.0.1, driven by the real SDK.
+    """auto: tinker when TINKER_API_KEY is set or --base_url is given, else local.
+    local-server: the local backend behind a Tinker-protocol server on 127.0.0.1, real SDK.
     replay: answer every call from --cassette."""
 
     # Training hyperparameters.
