@@ -32,7 +32,13 @@ from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
 from harness.prompts import format_prompt
 from harness.rewards import make_reward_fn
-from harness.rollouts import encode_prompts, request_seed, sample_groups, stop_sequences
+from harness.rollouts import (
+    encode_prompts,
+    request_seed,
+    response_arrays,
+    sample_groups,
+    stop_sequences,
+)
 from harness.timing import Timer
 
 TIME_KEYS = (
@@ -56,8 +62,8 @@ class RunResult:
 class Scored:
     """A step's rollouts in (problem, group member) layout."""
 
-    tokens_P_G: list[list[list[int]]]
-    logprobs_P_G: list[list[list[float]]]
+    tokens_P_G: list[list[np.ndarray]]
+    logprobs_P_G: list[list[np.ndarray]]
     rewards_P_G: np.ndarray
     format_P_G: np.ndarray
     answer_P_G: np.ndarray
@@ -205,8 +211,9 @@ def score(
     tokenizer: Any,
     reward_fn: RewardFn,
 ) -> Scored:
-    tokens_P_G = [[list(s.tokens) for s in r.sequences] for r in responses_P]
-    logprobs_P_G = [[list(s.logprobs) for s in r.sequences] for r in responses_P]
+    arrays_P_G = [[response_arrays(s) for s in r.sequences] for r in responses_P]
+    tokens_P_G = [[tokens for tokens, _ in arrays_G] for arrays_G in arrays_P_G]
+    logprobs_P_G = [[logprobs for _, logprobs in arrays_G] for arrays_G in arrays_P_G]
     texts_P_G = [
         tokenizer.batch_decode(tokens_G, skip_special_tokens=True) for tokens_G in tokens_P_G
     ]
@@ -255,7 +262,7 @@ def training_metrics(
     cliprange: float,
 ) -> dict[str, float]:
     """The loss, the optimizer's report, and sampler-vs-trainer logprobs on response tokens."""
-    sampler_logprobs_D = [np.asarray(scored.logprobs_P_G[p][g]) for p, g in origins_D]
+    sampler_logprobs_D = [scored.logprobs_P_G[p][g] for p, g in origins_D]
     trainer_logprobs_D = [
         output["logprobs"].to_numpy()[-len(sampler) :]
         for output, sampler in zip(fb.loss_fn_outputs, sampler_logprobs_D, strict=True)

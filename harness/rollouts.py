@@ -20,6 +20,17 @@ def encode_prompts(tokenizer: Any, prompts_P: Sequence[str]) -> list[tinker.Mode
     return [tinker.ModelInput.from_ints(tokenizer.encode(text)) for text in prompts_P]
 
 
+def response_arrays(sequence: tinker.SampledSequence) -> tuple[np.ndarray, np.ndarray]:
+    """A response's tokens and sampler logprobs as arrays, without a detour through lists."""
+    tokens_S = sequence.tokens_np
+    if tokens_S is None:
+        tokens_S = np.asarray(sequence.tokens, dtype=np.int64)
+    logprobs_S = sequence.logprobs_np
+    if logprobs_S is None:
+        logprobs_S = np.asarray(sequence.logprobs, dtype=np.float32)
+    return tokens_S, logprobs_S
+
+
 def stop_sequences(tokenizer: Any, use_r1_zero_format: bool) -> list[str] | None:
     """R1-Zero responses end at `</answer>`; both formats end at the end-of-sequence token.
 

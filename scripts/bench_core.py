@@ -76,8 +76,11 @@ def main(args: Args) -> None:
         rng.integers(0, 2000, size=int(rng.integers(80, 160))) for _ in range(args.questions)
     ]
     lengths_P_G = rng.integers(150, 450, size=(args.questions, args.group_size))
-    tokens_P_G = [[rng.integers(0, 2000, size=int(s)).tolist() for s in row] for row in lengths_P_G]
-    logprobs_P_G = [[(-rng.random(int(s))).tolist() for s in row] for row in lengths_P_G]
+    # As SampledSequence.tokens_np / logprobs_np hold them.
+    tokens_P_G = [
+        [rng.integers(0, 2000, size=int(s)).astype(np.int32) for s in row] for row in lengths_P_G
+    ]
+    logprobs_P_G = [[(-rng.random(int(s))).astype(np.float32) for s in row] for row in lengths_P_G]
 
     def score() -> np.ndarray:
         return np.array([gsm8k_reward_fn(r, t)["reward"] for r, t in pairs], dtype=np.float32)
