@@ -14,6 +14,7 @@ import tyro
 from rich.console import Console
 
 from harness.backends import open_service_client
+from harness.backends.replay import ReplayError, recorded_reward_fn
 from harness.config import Config, ConfigError, resolve_backend, validate
 from harness.data import DatasetUnavailable, load_problems
 from harness.evaluation import RewardFn
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     console = Console(stderr=True, soft_wrap=True)
     try:
         validate(config)
+        if reward_fn is None and config.backend == "replay":
+            reward_fn = recorded_reward_fn(config.cassette)
         train_problems = load_problems(config.dataset, "train", config.dataset_path)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
     except (ConfigError, DatasetUnavailable) as e:
@@ -49,8 +52,11 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     logger = RunLogger(config, console)
     start = time.perf_counter()
     try:
-        with open_service_client(config, os.environ) as service_client:
+        with open_service_client(config, os.environ, reward_fn) as service_client:
             result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
+    except ReplayError as e:
+        console.print(f"[bold red]replay error:[/] {e}", highlight=False)
+        return 1
     except KeyboardInterrupt:
         console.print(
             "interrupted: rerun the same command to resume from the last checkpoint in "

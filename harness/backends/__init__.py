@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,17 @@ from harness.config import Config, resolve_backend
 
 
 @contextlib.contextmanager
-def open_service_client(config: Config, environ: Mapping[str, str]) -> Iterator[Any]:
-    """The run's service client, recording to --record_cassette when asked; whatever the backend
-    started (a local server) stops when the block ends."""
+def open_service_client(
+    config: Config, environ: Mapping[str, str], reward_fn: Callable[..., Any] | None = None
+) -> Iterator[Any]:
+    """The run's service client, recording to --record_cassette when asked (with the name of
+    `reward_fn`, a reward replacing the task's); whatever the backend started (a local server)
+    stops when the block ends."""
     backend = resolve_backend(config, environ)
     with contextlib.ExitStack() as stack:
         service = stack.enter_context(_backend_service(backend, config))
         if config.record_cassette is not None:
-            from harness.backends.record import RecordingServiceClient
+            from harness.backends.record import RecordingServiceClient, reward_name
 
             service = stack.enter_context(
                 RecordingServiceClient(
@@ -32,6 +35,8 @@ def open_service_client(config: Config, environ: Mapping[str, str]) -> Iterator[
                     config.record_cassette,
                     backend=backend,
                     config=dataclasses.asdict(config),
+                    reward=reward_name(reward_fn),
+                    environ=environ,
                 )
             )
         yield service
@@ -53,7 +58,9 @@ def _backend_service(backend: str, config: Config) -> Iterator[Any]:
     elif backend == "local-server":
         from harness.backends.local_server import local_server_service_client
 
-        with local_server_service_client(config.model_name, storage_dir) as service:
+        with local_server_service_client(
+            config.model_name, storage_dir, seed=config.seed, base_url=config.base_url
+        ) as service:
             yield service
     elif backend == "replay":
         from harness.backends.replay import ReplayServiceClient

@@ -1,0 +1,246 @@
+"""`RecordingServiceClient`: any backend's service client, with every call written to a cassette.
+
+The wrapped clients behave as the backend's do: the same results, errors and futures (the SDK's
+`APIFuture`); each call's line is written when its result arrives, before the caller sees it.
+Attributes beyond the recorded surface pass through unrecorded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import itertools
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import tinker
+from tinker.lib.public_interfaces.api_future import APIFuture, AwaitableConcurrentFuture
+
+import harness
+from harness.backends.cassette import (
+    CLIENT_RESULTS,
+    FORMAT,
+    FUTURE_METHODS,
+    SYNC_METHODS,
+    canonical_request,
+    dumps_line,
+    encode,
+    encode_or_repr,
+    secrets_in,
+)
+
+
+def reward_name(reward_fn: Callable[..., Any] | None) -> str | None:
+    """`module:qualname` of a reward function given in place of the task's (None: the task's)."""
+    if reward_fn is None:
+        return None
+    module = reward_fn.__module__
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    if module == "__main__" and spec is not None:  # run with python -m: its importable name
+        module = spec.name
+    return f"{module}:{getattr(reward_fn, '__qualname__', repr(reward_fn))}"
+
+
+class Recorder:
+    """The cassette being written: the header, then one whole line per call as it completes."""
+
+    def __init__(self, path: str | Path, header: dict[str, Any], environ: Mapping[str, str]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _keep_previous(self.path)
+        self._secrets = secrets_in(environ)
+        self._lock = threading.Lock()
+        self._indices = itertools.count()
+        self._start = time.perf_counter()
+        self._file = self.path.open("w", encoding="utf-8")
+        self._write(header)
+
+    def begin(self) -> tuple[int, float]:
+        """The next call's index (its order at submission) and its submission time."""
+        with self._lock:
+            return next(self._indices), time.perf_counter()
+
+    def write(
+        self,
+        index: int,
+        client: str,
+        method: str,
+        request: dict[str, Any],
+        times: tuple[float, float],
+        **outcome: Any,
+    ) -> None:
+        """One call's line; `times` are its submission and the arrival of its result."""
+        submitted, arrived = times
+        self._write(
+            {
+                "index": index,
+                "client": client,
+                "method": method,
+                "request": request,
+                **outcome,
+                "submitted_s": round(submitted - self._start, 6),
+                "latency_s": round(arrived - submitted, 6),
+            }
+        )
+
+    def _write(self, row: dict[str, Any]) -> None:
+        line = dumps_line(row, self._secrets) + "\n"
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(line)  # one whole line, flushed: a kill leaves valid JSONL
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _keep_previous(path: Path) -> None:
+    """A rerun (say, resuming a killed run) keeps the earlier cassette as NAME.1.jsonl, ..."""
+    if not path.exists():
+        return
+    for n in itertools.count(1):
+        previous = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        if not previous.exists():
+            path.rename(previous)
+            return
+
+
+def _concurrent(future: Any) -> Future:
+    if isinstance(future, APIFuture):
+        return future.future()
+    if isinstance(future, Future):
+        return future
+    raise TypeError(f"the backend returned a {type(future).__name__}, not a future")
+
+
+class RecordingClient:
+    """One client of the wrapped backend; its recorded methods write a line per call."""
+
+    def __init__(self, inner: Any, recorder: Recorder, client_id: str, kind: str):
+        self._inner = inner
+        self._recorder = recorder
+        self._id = client_id
+        self._kind = kind
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name in FUTURE_METHODS[self._kind]:
+            return lambda *args, **kwargs: self._call_future(name, args, kwargs)
+        if name in SYNC_METHODS[self._kind]:
+            return lambda *args, **kwargs: self._call_sync(name, args, kwargs)
+        return attribute
+
+    def _begin(self, method: str, args: tuple, kwargs: dict) -> tuple[int, Callable[..., None]]:
+        """The call's index, and how to write its line once its outcome is known."""
+        request = canonical_request(self._kind, method, args, kwargs)
+        index, submitted = self._recorder.begin()
+
+        def record(arrived: float | None = None, **outcome: Any) -> None:
+            times = (submitted, arrived or time.perf_counter())
+            self._recorder.write(index, self._id, method, request, times, **outcome)
+
+        return index, record
+
+    def _call_future(self, method: str, args: tuple, kwargs: dict) -> APIFuture:
+        index, record = self._begin(method, args, kwargs)
+        try:
+            inner = _concurrent(getattr(self._inner, method)(*args, **kwargs))
+        except Exception as error:
+            record(error=_error(error, "submit"))
+            raise
+        outer: Future = Future()
+        outer.add_done_callback(lambda done: done.cancelled() and inner.cancel())
+
+        def arrived(done: Future) -> None:
+            arrived_at = time.perf_counter()  # the latency leaves out encoding the response
+            try:
+                result = done.result()
+            except BaseException as error:  # cancellation included
+                outcome = {"error": _error(error, "result")}
+                deliver = functools.partial(outer.set_exception, error)
+            else:
+                value, response = self._wrap(method, index, result)
+                outcome = {"response": response}
+                deliver = functools.partial(outer.set_result, value)
+            try:
+                record(arrived_at, **outcome)
+            finally:  # the caller gets its result even if the cassette cannot be written
+                if not outer.done():
+                    deliver()
+
+        inner.add_done_callback(arrived)
+        return AwaitableConcurrentFuture(outer)
+
+    def _call_sync(self, method: str, args: tuple, kwargs: dict) -> Any:
+        index, record = self._begin(method, args, kwargs)
+        try:
+            result = getattr(self._inner, method)(*args, **kwargs)
+        except Exception as error:
+            record(error=_error(error, "submit"))
+            raise
+        value, response = self._wrap(method, index, result)
+        record(response=response)
+        return value
+
+    def _wrap(self, method: str, index: int, result: Any) -> tuple[Any, Any]:
+        """What the caller gets, and what the cassette holds for it."""
+        if method in CLIENT_RESULTS:
+            kind = CLIENT_RESULTS[method]
+            client_id = f"{kind}@{index}"
+            return RecordingClient(result, self._recorder, client_id, kind), {"$client": client_id}
+        if method == "get_tokenizer":
+            return result, {"$tokenizer": tokenizer_source(result, self._recorder.path.parent)}
+        return result, encode_or_repr(result)
+
+
+def _error(error: BaseException, at: str) -> dict[str, str]:
+    """A call's error: raised when it was made (`submit`) or from its future (`result`)."""
+    return {"type": type(error).__name__, "message": str(error), "at": at}
+
+
+def tokenizer_source(tokenizer: Any, cassette_folder: Path) -> dict[str, str]:
+    """Where replay finds this tokenizer without the model: a local folder (relative to the
+    cassette, so a committed cassette and its model move together) or a hub id."""
+    name = str(getattr(tokenizer, "name_or_path", "") or "")
+    if name and Path(name).is_dir():
+        return {"dir": os.path.relpath(Path(name).resolve(), cassette_folder.resolve())}
+    return {"name": name}
+
+
+class RecordingServiceClient(RecordingClient):
+    """`service` with every call recorded to `path`; a context manager that closes the file."""
+
+    def __init__(
+        self,
+        service: Any,
+        path: str | Path,
+        *,
+        backend: str,
+        config: Mapping[str, Any],
+        reward: str | None = None,
+        environ: Mapping[str, str] = os.environ,
+    ):
+        header = {
+            "cassette": FORMAT,
+            "harness": harness.__version__,
+            "tinker": tinker.__version__,
+            "backend": backend,
+            "model": config.get("model_name"),
+            "config": encode(dict(config)),
+            "reward": reward,
+            "recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        super().__init__(service, Recorder(path, header, environ), "service", "service")
+
+    def __enter__(self) -> RecordingServiceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._recorder.close()

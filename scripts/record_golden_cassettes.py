@@ -1,0 +1,87 @@
+"""Re-record the golden cassettes in fixtures/cassettes/ (local backend, tiny fixture models).
+
+python scripts/record_golden_cassettes.py [NAME ...]
+
+Each cassette is a few steps of the smoke configuration, trained with the varied reward of
+tests/support/varied_reward_run.py so that the random tiny model has groups with reward variance
+and the cassette holds real forward_backward and optim_step calls (the header names that
+reward, and a replay through the training script uses it). Each cassette is then replayed, the
+replay's metrics must equal the recorded run's (timings aside), and they are written beside the
+cassette as NAME.metrics.jsonl for the replay tests. Recording is deterministic (fixed seeds, CPU)
+up to run ids, sequence ids and latencies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the varied reward lives with the tests
+
+from harness.cli import main  # noqa: E402
+from harness.evaluation import RewardFn  # noqa: E402
+from harness.jsonl import read_json_lines, rewrite_json_lines  # noqa: E402
+from tests.support.varied_reward_run import varied_reward  # noqa: E402
+
+CASSETTES = Path("fixtures/cassettes")
+SMOKE = [
+    "--n_grpo_steps=4",
+    "--rollout_batch_size=8",
+    "--group_size=2",
+    "--save_every=2",
+    "--eval_every=2",
+    "--sampling_max_tokens=16",
+    "--eval_n=4",
+    "--learning_rate=1e-3",
+]
+# name: (model, the reward replacing the task's or None, flags)
+GOLDEN = {
+    "smoke": ("fixtures/tiny-qwen3", varied_reward, ["--dataset_path=fixtures/gsm8k", *SMOKE]),
+    # A model warm-started on arithmetic earns real reward: its own task's reward trains it.
+    "arith": ("fixtures/tiny-arith", None, ["--dataset=arith", *SMOKE]),
+}
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def run(flags: list[str], log_path: Path, reward_fn: RewardFn | None) -> float:
+    shutil.rmtree(log_path, ignore_errors=True)
+    start = time.perf_counter()
+    if main([*flags, f"--log_path={log_path}"], reward_fn=reward_fn) != 0:
+        raise SystemExit(f"the run failed: {' '.join(flags)}")
+    return time.perf_counter() - start
+
+
+def record(name: str, model: str, reward_fn: RewardFn | None, flags: list[str]) -> None:
+    cassette = CASSETTES / f"{name}.jsonl"
+    cassette.unlink(missing_ok=True)  # else the recorder keeps it as NAME.1.jsonl
+    flags = [f"--model_name={model}", *flags]
+    recorded, replayed = Path("runs") / f"golden-{name}", Path("runs") / f"golden-{name}-replay"
+    record_s = run(
+        [*flags, "--backend=local", f"--record_cassette={cassette}"], recorded, reward_fn
+    )
+    # The replay takes the reward from the cassette, as the training script does.
+    replay_s = run([*flags, "--backend=replay", f"--cassette={cassette}"], replayed, None)
+    expected = without_timings(read_json_lines(recorded / "metrics.jsonl"))
+    if without_timings(read_json_lines(replayed / "metrics.jsonl")) != expected:
+        raise SystemExit(f"{cassette}: the replay's metrics differ from the recorded run's")
+    rewrite_json_lines(CASSETTES / f"{name}.metrics.jsonl", expected)
+    for log_path in (recorded, replayed):
+        shutil.rmtree(log_path)
+    print(
+        f"{cassette}: {cassette.stat().st_size / 1024:.0f} KiB; run {record_s:.2f} s,"
+        f" replay {replay_s:.2f} s ({record_s / replay_s:.0f}x faster)"
+    )
+
+
+if __name__ == "__main__":
+    os.chdir(REPO)  # paths in the cassettes are relative to the repository, none of this machine
+    names = sys.argv[1:] or [name for name, (model, *_) in GOLDEN.items() if Path(model).is_dir()]
+    for name in names:
+        record(name, *GOLDEN[name])
