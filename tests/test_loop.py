@@ -360,5 +360,9 @@ def test_wandb_offline_logs_every_row(tmp_path, tiny_model_dir, gsm8k_dir, monke
     assert main(args) == 0
     run_id = (tmp_path / "wandb_run_id").read_text()
     (run_file,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    # W&B's service process may still be flushing the run file when finish() returns.
+    deadline = time.monotonic() + 30
+    while b"val/accuracy" not in run_file.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)
     data = run_file.read_bytes()
     assert data.count(b"reward/mean") >= 2 and b"val/accuracy" in data

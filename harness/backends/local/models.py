@@ -2,7 +2,8 @@
 
 Base weights are frozen and loaded once per directory; every training or sampling client gets
 its own module tree that *shares* those weight tensors and owns only its LoRA adapter, so a
-sampler's adapter is a snapshot that later training cannot touch.
+sampler's adapter is a snapshot that later training cannot touch. Beyond Tinker, a spec of None
+means full fine-tuning: the client owns a whole copy of the weights, and checkpoints hold them all.
 """
 
 import copy
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from huggingface_hub import snapshot_download
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, load_model, save_model
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -27,6 +28,7 @@ MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 # Tinker's cookbook assumes alpha 32 (its LoRA learning-rate rule takes lora_alpha=32).
 LORA_ALPHA = 32
 ADAPTER_FILE = "adapter_model.safetensors"
+FULL_WEIGHTS_FILE = "model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # peft warns about LoRA on a tied unembedding; Tinker's train_unembed adapts the output
 # projection only, which is what peft does, and export unties before merging.
@@ -115,12 +117,22 @@ def with_lora(base: PreTrainedModel, spec: LoraSpec) -> PeftModel:
     return model.eval()
 
 
+def trainable_copy(base: PreTrainedModel) -> PreTrainedModel:
+    """A copy of `base` that owns all its weights, every one trainable (full fine-tuning)."""
+    return copy.deepcopy(base).requires_grad_(True).eval()
+
+
+def adapted(base: PreTrainedModel, spec: LoraSpec | None) -> torch.nn.Module:
+    """The model a client trains: LoRA over `base` per `spec`, or (spec None) a full copy."""
+    return trainable_copy(base) if spec is None else with_lora(base, spec)
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def frozen_snapshot(model: PeftModel) -> PeftModel:
-    """A copy sharing the base weights, with its own detached copy of the adapter."""
+def frozen_snapshot(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy sharing the base weights, with its own detached copy of the trained weights."""
     snapshot = copy.deepcopy(model, {id(t): t for t in model.parameters() if not t.requires_grad})
     return snapshot.requires_grad_(False)
 
@@ -140,6 +152,21 @@ def load_adapter(model: PeftModel, directory: Path) -> None:
             f"adapter in {directory} does not fit the model: unexpected"
             f" {result.unexpected_keys[:3]}, missing {missing[:3]}"
         )
+
+
+def save_weights(model: torch.nn.Module, directory: Path) -> None:
+    """The trained weights: the adapter, or (full fine-tuning) the whole model."""
+    if isinstance(model, PeftModel):
+        save_adapter(model, directory)
+    else:
+        save_model(model, str(directory / FULL_WEIGHTS_FILE))  # stores tied weights once
+
+
+def load_weights(model: torch.nn.Module, directory: Path) -> None:
+    if isinstance(model, PeftModel):
+        load_adapter(model, directory)
+    else:
+        load_model(model, str(directory / FULL_WEIGHTS_FILE), device=str(model.device))
 
 
 def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
@@ -174,10 +201,7 @@ def forward(
     return logits, output.get(cache_name)
 
 
-def export_merged(
-    base: PreTrainedModel, spec: LoraSpec, adapter_dir: Path, model_dir: Path, out_dir: Path
-) -> Path:
-    """Write a plain Hugging Face model directory: base + merged adapter, and the tokenizer."""
+def _merged(base: PreTrainedModel, spec: LoraSpec, adapter_dir: Path) -> PreTrainedModel:
     merged_base = copy.deepcopy(base)  # merging writes into the base weights: own them
     if spec.train_unembed and getattr(merged_base.config, "tie_word_embeddings", False):
         output = merged_base.get_output_embeddings()
@@ -185,7 +209,23 @@ def export_merged(
         merged_base.config.tie_word_embeddings = False
     model = with_lora(merged_base, spec)
     load_adapter(model, adapter_dir)
-    merged = model.merge_and_unload()
+    return model.merge_and_unload()
+
+
+def export_merged(
+    base: PreTrainedModel,
+    spec: LoraSpec | None,
+    weights_dir: Path,
+    model_dir: Path,
+    out_dir: Path,
+) -> Path:
+    """Write a plain Hugging Face model directory: base + merged adapter (or the fully
+    fine-tuned weights), and the tokenizer."""
+    if spec is None:
+        merged = trainable_copy(base)
+        load_weights(merged, weights_dir)
+    else:
+        merged = _merged(base, spec, weights_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir)
     for source in model_dir.iterdir():

@@ -14,13 +14,13 @@ from .engine import GenerationEngine, SamplerModel
 from .futures import run_now
 from .models import (
     LoraSpec,
+    adapted,
     causal_lm,
     export_merged,
     frozen_snapshot,
-    load_adapter,
     load_base_model,
+    load_weights,
     resolve_model_dir,
-    with_lora,
 )
 from .sampling import LocalSamplingClient
 from .storage import CheckpointStore, read_meta
@@ -65,6 +65,11 @@ def _eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> tuple[int, ...]:
     if eos is None:
         eos = tokenizer.eos_token_id
     return tuple(sorted({eos} if isinstance(eos, int) else set(eos or ())))
+
+
+def _spec(meta: dict[str, Any]) -> LoraSpec | None:
+    """A checkpoint's LoRA spec; None for full fine-tuning."""
+    return LoraSpec(**meta["lora"]) if meta["lora"] is not None else None
 
 
 def _location(meta: dict[str, Any]) -> str:
@@ -147,14 +152,14 @@ class LocalServiceClient:
     def _training_client(
         self,
         base_model: str,
-        spec: LoraSpec,
+        spec: LoraSpec | None,
         checkpoint: Path | None = None,
         location: str | None = None,
     ) -> LocalTrainingClient:
         model_dir, base = self.base(location or base_model)
-        model = with_lora(base, spec)
+        model = adapted(base, spec)
         if checkpoint is not None:
-            load_adapter(model, checkpoint)
+            load_weights(model, checkpoint)
         run_id = self.store.new_run_id()
         return LocalTrainingClient(self, run_id, base_model, model_dir, model, spec)
 
@@ -210,7 +215,7 @@ class LocalServiceClient:
             )
         client = self._training_client(
             base_model or meta["base_model"],
-            LoraSpec(**meta["lora"]),
+            _spec(meta),
             checkpoint=directory,
             location=base_model or _location(meta),
         )
@@ -257,19 +262,25 @@ class LocalServiceClient:
             meta = read_meta(directory)
             name = base_model or meta["base_model"]
             model_dir, base = self.base(base_model or _location(meta))
-            model = with_lora(base, LoraSpec(**meta["lora"]))
-            load_adapter(model, directory)
+            model = adapted(base, _spec(meta))
+            load_weights(model, directory)
             return self.sampling_client_for(frozen_snapshot(model), name, model_dir)
 
         return run_now(create)
 
     # -- beyond Tinker ------------------------------------------------------------------------
 
+    def create_full_training_client(self, base_model: str) -> APIFuture[LocalTrainingClient]:
+        """A training client that updates every weight of the base model (full fine-tuning),
+        e.g. to train a small model from scratch. Tinker offers LoRA only; everything else
+        (losses, optimizer, checkpoints, sampling, resume, export) works as for LoRA."""
+        return run_now(lambda: self._training_client(base_model, None))
+
     def export_merged_model(self, path: str, out_dir: str | Path) -> Path:
-        """Write `path`'s weights (LoRA merged into the base) and the tokenizer as a plain
-        Hugging Face model directory, e.g. to commit a trained model as a new base."""
+        """Write `path`'s weights (LoRA merged into the base, or fully fine-tuned ones) and the
+        tokenizer as a plain Hugging Face model directory, e.g. to commit a trained model as a
+        new base."""
         directory = self.store.resolve(path)
         meta = read_meta(directory)
         model_dir, base = self.base(_location(meta))
-        spec = LoraSpec(**meta["lora"])
-        return export_merged(base, spec, directory, model_dir, Path(out_dir))
+        return export_merged(base, _spec(meta), directory, model_dir, Path(out_dir))

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from peft import PeftModel
 from tinker import types
 from tinker.lib.public_interfaces.api_future import APIFuture
 from tinker.types.optimizer import OptimParamsBase
@@ -22,7 +21,7 @@ from .models import (
     causal_lm,
     forward,
     frozen_snapshot,
-    save_adapter,
+    save_weights,
     trainable_parameters,
 )
 from .optimizer import adam_step, new_optimizer
@@ -36,7 +35,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 
 
 class LocalTrainingClient:
-    """Mirror of `tinker.TrainingClient` for one LoRA run on this machine."""
+    """Mirror of `tinker.TrainingClient` for one LoRA (or full fine-tuning) run on this machine."""
 
     def __init__(
         self,
@@ -44,8 +43,8 @@ class LocalTrainingClient:
         run_id: str,
         base_model: str,
         model_dir: Path,
-        model: PeftModel,
-        spec: LoraSpec,
+        model: torch.nn.Module,
+        spec: LoraSpec | None,
     ):
         self._service = service
         self.model_id = run_id
@@ -68,14 +67,14 @@ class LocalTrainingClient:
                 tokenizer_id=str(model_dir),
             ),
             model_id=run_id,
-            is_lora=True,
-            lora_rank=spec.rank,
+            is_lora=spec is not None,
+            lora_rank=spec.rank if spec is not None else None,
             model_name=base_model,
         )
 
     @property
-    def model(self) -> PeftModel:
-        """The LoRA model this client trains (for inspection; use the API to change it)."""
+    def model(self) -> torch.nn.Module:
+        """The model this client trains (for inspection; use the API to change it)."""
         return self._model
 
     # -- forward / backward -------------------------------------------------------------------
@@ -172,7 +171,7 @@ class LocalTrainingClient:
             raise FileExistsError(f"checkpoint {path} exists; pass overwrite=True to replace it")
         staging = directory.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         staging.mkdir(parents=True)
-        save_adapter(self._model, staging)
+        save_weights(self._model, staging)
         if kind == "weights":
             torch.save(self._optimizer.state_dict(), staging / OPTIMIZER_FILE)
         write_meta(
@@ -181,7 +180,7 @@ class LocalTrainingClient:
                 "kind": kind,
                 "base_model": self._base_model,
                 "model_dir": str(self._model_dir),
-                "lora": self._spec.to_json(),
+                "lora": self._spec.to_json() if self._spec is not None else None,
                 **extra,
             },
         )
