@@ -7,6 +7,7 @@ targets carry logprobs and advantage, so prompt positions add nothing to the los
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,25 @@ def response_only(
     return values_N
 
 
+class _Prompt(NamedTuple):
+    tokens_P: npt.NDArray[np.int64]
+    chunk: types.EncodedTextChunk
+    """Shared by the model inputs of every Datum of the prompt's group."""
+
+
+def _prompt(tokens: Tokens, name: str) -> _Prompt:
+    tokens_P = _token_array(tokens, name)
+    if tokens_P.size == 0:
+        raise ValueError(f"{name} is empty: the first sampled token needs a context")
+    return _Prompt(tokens_P, _chunk(tokens_P))
+
+
+def _chunk(tokens_T: npt.NDArray[np.int64]) -> types.EncodedTextChunk:
+    # The ids are already checked as a flat array of non-negative integers; pydantic's
+    # per-element re-validation was the largest single cost of building a step's Datums.
+    return types.EncodedTextChunk.model_construct(tokens=tokens_T.tolist())
+
+
 def rollout_to_datum(
     prompt_tokens: Tokens,
     sampled_tokens: Tokens,
@@ -41,11 +61,20 @@ def rollout_to_datum(
     advantage: float,
 ) -> types.Datum | None:
     """The Datum of one rollout (all fields of length P + S - 1), or None when S == 0."""
-    prompt_P = _token_array(prompt_tokens, "prompt_tokens")
+    return _datum(
+        _prompt(prompt_tokens, "prompt_tokens"), sampled_tokens, sampler_logprobs, advantage
+    )
+
+
+def _datum(
+    prompt: _Prompt,
+    sampled_tokens: Tokens,
+    sampler_logprobs: Sequence[float] | npt.NDArray[np.floating],
+    advantage: float,
+) -> types.Datum | None:
+    prompt_P = prompt.tokens_P
     sampled_S = _token_array(sampled_tokens, "sampled_tokens")
     num_prompt, num_sampled = prompt_P.size, sampled_S.size
-    if num_prompt == 0:
-        raise ValueError("prompt_tokens is empty: the first sampled token needs a context")
     if sampler_logprobs is None:
         raise ValueError("sampler_logprobs is None: sample with logprobs returned")
     if len(sampler_logprobs) != num_sampled:
@@ -59,11 +88,11 @@ def rollout_to_datum(
     logprobs_N = response_only(num_prompt, num_sampled, sampler_logprobs)
     if not np.isfinite(logprobs_N).all():
         raise ValueError("sampler_logprobs must all be finite")
-    tokens_N1 = np.concatenate([prompt_P, sampled_S])
+    chunks = [prompt.chunk, _chunk(sampled_S[:-1])] if num_sampled > 1 else [prompt.chunk]
     return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens_N1[:-1].tolist()),
+        model_input=types.ModelInput.model_construct(chunks=chunks),
         loss_fn_inputs={
-            "target_tokens": tokens_N1[1:],
+            "target_tokens": np.concatenate([prompt_P[1:], sampled_S]),
             "logprobs": logprobs_N,
             "advantages": response_only(num_prompt, num_sampled, advantage),
         },
@@ -92,9 +121,9 @@ def step_datums(
             raise ValueError(f"problem {p}: group members differ in count between inputs")
         if not any(advantages_G):
             continue
-        prompt_P = _token_array(prompt, f"prompt_tokens_P[{p}]")
+        prepared = _prompt(prompt, f"prompt_tokens_P[{p}]")
         for g, member in enumerate(zip(tokens_G, logprobs_G, advantages_G, strict=True)):
-            datum = rollout_to_datum(prompt_P, *member)
+            datum = _datum(prepared, *member)
             if datum is not None:
                 datums_D.append(datum)
                 sources_D.append((p, g))
