@@ -1,0 +1,66 @@
+"""`python -m harness.serve --model=DIR [--model=DIR ...] --port=8000`: serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+
+import tyro
+
+from .server import LocalTinkerServer
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Serve the local backend over Tinker's HTTP protocol.
+
+    Clients use `tinker.ServiceClient(base_url="http://HOST:PORT", api_key=...)`. When
+    TINKER_API_KEY is set where the server starts, requests must carry that key; otherwise any
+    key starting with `tml-` is accepted.
+    """
+
+    model: tuple[str, ...]
+    """Base models to serve: local Hugging Face model directories (or ids in the local cache)."""
+    port: int = 8000
+    """Port to listen on (0 picks a free one)."""
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    storage_dir: str = "tinker-local-storage"
+    """Where checkpoints (tinker://... paths) are stored."""
+    seed: int | None = None
+    """Seed for what requests leave random (LoRA init without a seed, unseeded sampling)."""
+    device: str | None = None
+    """torch device (default: cuda if available, else cpu)."""
+    log_level: str = "info"
+    """uvicorn log level."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = tyro.cli(
+        ServeConfig, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True
+    )
+    server = LocalTinkerServer(
+        config.model,
+        config.storage_dir,
+        host=config.host,
+        port=config.port,
+        api_key=os.environ.get("TINKER_API_KEY") or None,
+        seed=config.seed,
+        device=config.device,
+        log_level=config.log_level,
+    )
+    print(
+        f"serving {', '.join(config.model)} at {server.base_url} (checkpoints in"
+        f" {config.storage_dir}); Ctrl-C stops",
+        file=sys.stderr,
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
+        server.serve_forever()
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

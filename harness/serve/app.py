@@ -1,0 +1,231 @@
+"""The HTTP face of `ServerState`: Tinker's `/api/v1` endpoints as the SDK 0.38 calls them.
+
+Bodies are JSON except `forward_backward`'s (protobuf, maybe zstd-compressed); results of
+`forward_backward` and `asample` go back as protobuf, the rest as JSON. A refused request
+answers `{"detail": message}` with a status the SDK does not retry (400, 401, 404, 410, 415),
+so a mistake surfaces as the SDK's own error type at once. An endpoint the server lacks answers
+404 naming it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, TypeVar
+
+import pydantic
+import zstandard
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from tinker import types
+
+from .futures import Failure, Payload
+from .state import JSON, HttpError, ServerState
+
+API = "/api/v1"
+Model = TypeVar("Model", bound=pydantic.BaseModel)
+
+# Flags for the SDK (see tinker.types.ClientConfigResponse): plain API keys, httpx's own
+# transport (so every byte goes through Python's sockets, where tests and recordings see it),
+# and the SDK's zstd-compressed forward_backward bodies; the rest at the SDK's defaults.
+CLIENT_CONFIG = types.ClientConfigResponse(
+    pjwt_auth_enabled=False, use_pyqwest_transport=False, proto_compress_fwdbwd=True
+)
+
+
+def create_app(state: ServerState, api_key: str | None) -> FastAPI:
+    """The app; with `api_key`, requests must carry it in `X-API-Key` (else any `tml-` key)."""
+    app = FastAPI(
+        title="harness local Tinker server", docs_url=None, redoc_url=None, openapi_url=None
+    )
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if request.url.path != f"{API}/healthz" and not _authorized(request, api_key):
+            return _refusal(401, "missing or wrong X-API-Key")
+        return await call_next(request)
+
+    @app.exception_handler(HttpError)
+    async def refused(request: Request, error: HttpError) -> JSONResponse:
+        return _refusal(error.status, error.message)
+
+    # -- handshake and sessions ---------------------------------------------------------------
+
+    @app.post(f"{API}/client/config")
+    async def client_config() -> Response:
+        return _model(CLIENT_CONFIG)
+
+    @app.post(f"{API}/client/dynamic_config")
+    async def client_dynamic_config() -> Response:
+        return _model(types.ClientDynamicConfigResponse())
+
+    @app.post(f"{API}/create_session")
+    async def create_session(request: Request) -> Response:
+        _parse(types.CreateSessionRequest, await _json(request))
+        return _model(types.CreateSessionResponse(session_id=state.create_session()))
+
+    @app.post(f"{API}/session_heartbeat")
+    async def session_heartbeat(request: Request) -> Response:
+        state.heartbeat(_parse(types.SessionHeartbeatRequest, await _json(request)).session_id)
+        return _model(types.SessionHeartbeatResponse())
+
+    @app.post(API + "/sessions/{session_id}/finish")
+    async def finish_session(session_id: str) -> Response:
+        state.finish(session_id)
+        return JSONResponse({})
+
+    @app.post(f"{API}/telemetry")
+    async def telemetry() -> Response:
+        return _model(types.TelemetryResponse(status="accepted"))  # accepted and dropped
+
+    @app.get(f"{API}/healthz")
+    async def healthz() -> Response:
+        return _model(types.HealthResponse(status="ok"))
+
+    @app.get(f"{API}/get_server_capabilities")
+    async def get_server_capabilities() -> Response:
+        return _model(
+            types.GetServerCapabilitiesResponse(
+                supported_models=[
+                    types.SupportedModel(model_name=name, trainable=True, sampleable=True)
+                    for name in state.served_models
+                ]
+            )
+        )
+
+    # -- models and training ------------------------------------------------------------------
+
+    @app.post(f"{API}/create_model")
+    async def create_model(request: Request) -> Response:
+        body = _parse(types.CreateModelRequest, await _json(request))
+        return _future(*state.create_model(body))
+
+    @app.post(f"{API}/load_weights")
+    async def load_weights(request: Request) -> Response:
+        return _future(*state.load_weights(_parse(types.LoadWeightsRequest, await _json(request))))
+
+    @app.post(f"{API}/get_info")
+    async def get_info(request: Request) -> Response:
+        body = _parse(types.GetInfoRequest, await _json(request))
+        return _model(state.get_info(body.model_id))
+
+    @app.post(f"{API}/forward_backward")
+    async def forward_backward(request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("application/x-protobuf"):
+            raise HttpError(
+                415, f"forward_backward takes application/x-protobuf bodies, not {content_type!r}"
+            )
+        return _future(*state.forward_backward(await _body(request)))
+
+    @app.post(f"{API}/optim_step")
+    async def optim_step(request: Request) -> Response:
+        return _future(*state.optim_step(await _json(request)))
+
+    @app.post(f"{API}/save_weights")
+    async def save_weights(request: Request) -> Response:
+        return _future(*state.save_weights(await _json(request)))
+
+    @app.post(f"{API}/save_weights_for_sampler")
+    async def save_weights_for_sampler(request: Request) -> Response:
+        return _future(*state.save_weights_for_sampler(await _json(request)))
+
+    # -- sampling -----------------------------------------------------------------------------
+
+    @app.post(f"{API}/create_sampling_session")
+    async def create_sampling_session(request: Request) -> Response:
+        body = _parse(types.CreateSamplingSessionRequest, await _json(request))
+        sampler_id = await state.create_sampling_session(body)
+        return _model(types.CreateSamplingSessionResponse(sampling_session_id=sampler_id))
+
+    @app.get(API + "/samplers/{sampler_id}")
+    async def get_sampler(sampler_id: str) -> Response:
+        return _model(state.get_sampler(sampler_id))
+
+    @app.post(f"{API}/asample")
+    async def asample(request: Request) -> Response:
+        request_id, sequence_ids = state.sample(_parse(types.SampleRequest, await _json(request)))
+        return _model(
+            types.UntypedAPIFuture(request_id=request_id, sample_sequence_ids=sequence_ids)
+        )
+
+    # -- results ------------------------------------------------------------------------------
+
+    @app.post(f"{API}/retrieve_future")
+    async def retrieve_future(request: Request) -> Response:
+        request_id = _parse(types.FutureRetrieveRequest, await _json(request)).request_id
+        if request_id not in state.futures:
+            raise HttpError(
+                404,
+                f"request {request_id!r} is unknown here (results are kept"
+                f" {state.limits.keep_s:.0f} s after they settle, and not across restarts)",
+            )
+        outcome = await state.futures.retrieve(request_id)
+        if outcome is None:
+            return JSONResponse(
+                {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+            )
+        if isinstance(outcome, Failure):
+            return JSONResponse({"error": outcome.message, "category": outcome.category})
+        assert isinstance(outcome, Payload)
+        return Response(outcome.body, media_type=outcome.media_type)
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def not_implemented(path: str, request: Request) -> Response:
+        raise HttpError(
+            404,
+            f"{request.method} /{path} is not implemented by the local Tinker server"
+            " (harness.serve); it serves the training, sampling and session endpoints of the"
+            " tinker SDK 0.38",
+        )
+
+    return app
+
+
+def _authorized(request: Request, api_key: str | None) -> bool:
+    given = request.headers.get("x-api-key", "")
+    if api_key is None:
+        return given.startswith("tml-")
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+def _refusal(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+async def _body(request: Request) -> bytes:
+    body = await request.body()
+    encoding = request.headers.get("content-encoding", "identity")
+    if encoding == "zstd":
+        try:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        except zstandard.ZstdError as error:
+            raise HttpError(400, f"body is not valid zstd: {error}") from error
+    if encoding != "identity":
+        raise HttpError(415, f"content-encoding {encoding!r} is not supported (zstd or none)")
+    return body
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await _body(request))
+    except ValueError as error:
+        raise HttpError(400, f"body is not JSON: {error}") from error
+    if not isinstance(body, dict):
+        raise HttpError(400, "body must be a JSON object")
+    return body
+
+
+def _parse(model: type[Model], body: dict[str, Any]) -> Model:
+    try:
+        return model.model_validate(body)
+    except pydantic.ValidationError as error:
+        raise HttpError(400, f"invalid {model.__name__}: {error}") from error
+
+
+def _model(model: pydantic.BaseModel) -> Response:
+    return Response(model.model_dump_json(exclude_none=True), media_type=JSON)
+
+
+def _future(request_id: str, model_id: str) -> Response:
+    return _model(types.UntypedAPIFuture(request_id=request_id, model_id=model_id))
