@@ -25,26 +25,15 @@ from harness.cli import main
 from harness.jsonl import read_json_lines
 from tests.support.fake_backend import PARAMS, PROMPT, FakeService, response
 from tests.support.varied_reward_run import varied_reward
+from tests.test_loop import SMOKE as LOOP_SMOKE
+from tests.test_loop import without_timings
 
-SMOKE = [
-    "--n_grpo_steps=5",
-    "--rollout_batch_size=8",
-    "--group_size=2",
-    "--save_every=2",
-    "--eval_every=2",
-    "--sampling_max_tokens=24",
-    "--eval_n=6",
-    "--learning_rate=1e-3",
-]
+SMOKE = [*LOOP_SMOKE, "--sampling_max_tokens=24", "--eval_n=6", "--learning_rate=1e-3"]
 SECRETS = {
     "TINKER_API_KEY": "tml-replay-test-7f3a9c0e5b1d",
     "HF_TOKEN": "hf_replaytest_QmZx81Lw",
     "MY_SERVICE_SECRET": "s3cr3t-v4lue-for-the-scan",
 }
-
-
-def without_timings(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def ppo(
     clip_high_threshold: float = 1.2,
 ) -> torch.Tensor:
     ratio = torch.exp(target_logprobs - logprobs)
-    clipped_ratio = torch.clamp(ratio, clip_low_threshold, clip_high_threshold)
+    clipped_ratio = ratio.clamp(clip_low_threshold, clip_high_threshold)
     return -torch.minimum(ratio * advantages, clipped_ratio * advantages)
 
 
@@ -39,8 +39,9 @@ def cispo(
     clip_low_threshold: float = 0.8,
     clip_high_threshold: float = 1.2,
 ) -> torch.Tensor:
-    ratio = torch.exp(target_logprobs - logprobs)
-    clipped_ratio = torch.clamp(ratio, clip_low_threshold, clip_high_threshold)
+    clipped_ratio = torch.exp(target_logprobs - logprobs).clamp(
+        clip_low_threshold, clip_high_threshold
+    )
     return -(clipped_ratio.detach() * target_logprobs * advantages)
 
 
