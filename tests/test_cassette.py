@@ -281,6 +281,18 @@ def test_requests_are_canonical_whether_arguments_are_positional_keyword_or_defa
     assert set(positional) == {"prompt", "num_samples", "sampling_params"}
 
 
+def test_a_token_sequence_is_the_same_request_however_it_is_split_into_chunks():
+    def prompt(*chunks):
+        return types.ModelInput(chunks=[types.EncodedTextChunk(tokens=c) for c in chunks])
+
+    def request(model_input):
+        return canonical_request("sampling", "compute_logprobs", (model_input,), {})
+
+    assert request(prompt([1, 2], [3], [4, 5])) == request(prompt([1, 2, 3, 4, 5]))
+    assert request(prompt([1, 2], [3]))["prompt"]["chunks"][0]["tokens"] == [1, 2, 3]
+    assert request(prompt([1, 2], [4])) != request(prompt([1, 2, 3]))
+
+
 def test_credentials_passed_as_arguments_are_never_recorded():
     request = canonical_request(
         "service",

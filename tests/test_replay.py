@@ -171,7 +171,7 @@ def test_a_sample_request_the_recording_lacks_names_the_nearest_one(recorded):
         sampler.sample(**request)
     message = str(raised.value)
     assert f"the nearest is call {step_calls[2].index} (sampling@2.sample):" in message
-    assert "prompt.chunks (length): recorded 1, replay 2" in message
+    assert "prompt.chunks[0].tokens (length): recorded 187, replay 188" in message
 
 
 def test_skipping_a_recorded_sample_request_is_caught_at_the_next_training_call(recorded):

@@ -107,9 +107,32 @@ def canonical_request(
             if not _is_default(value, signature.parameters[name].default)
         }
     return {
-        name: "<redacted>" if name in SECRET_ARGUMENTS else encode_or_repr(value)
+        name: "<redacted>" if name in SECRET_ARGUMENTS else _joined_text(encode_or_repr(value))
         for name, value in arguments.items()
     }
+
+
+def _joined_text(tree: Any) -> Any:
+    """`tree` with each run of adjacent text chunks of a ModelInput joined into one: how a
+    token sequence is split into chunks is the client's bookkeeping, not part of the request."""
+    if isinstance(tree, list):
+        return [_joined_text(item) for item in tree]
+    if not isinstance(tree, dict):
+        return tree
+    tree = {k: _joined_text(v) for k, v in tree.items()}
+    if tree.get("$type") == "ModelInput":
+        chunks: list[Any] = []
+        for chunk in tree["chunks"]:
+            if _is_text(chunk) and chunks and _is_text(chunks[-1]):
+                chunks[-1] = {**chunks[-1], "tokens": chunks[-1]["tokens"] + chunk["tokens"]}
+            else:
+                chunks.append(chunk)
+        tree["chunks"] = chunks
+    return tree
+
+
+def _is_text(chunk: Any) -> bool:
+    return isinstance(chunk, dict) and chunk.get("$type") == "EncodedTextChunk"
 
 
 def _is_default(value: Any, default: Any) -> bool:
