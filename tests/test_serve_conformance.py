@@ -13,6 +13,8 @@ from tinker.proto.request_conv import forward_backward_request_to_proto
 from harness.backends.local import LocalServiceClient
 from harness.backends.local import engine as local_engine
 from harness.serve import Limits
+from harness.serve import app as app_module
+from harness.serve import state as state_module
 from tests.support.serve import KEY, REPO, TINY_MODEL, loopback_only, sdk_client, start_server
 
 MODEL = str(REPO / TINY_MODEL)
@@ -139,6 +141,52 @@ def test_forward_backward_and_optim_step_match_in_process(sdk, local):
     after = both(pair, "forward", data, "cross_entropy")
     assert_same_output(*after)
     assert after[0].metrics != fb[0].metrics  # the step changed the weights, the same way
+
+
+def test_a_step_the_sdk_splits_into_chunks_trains_as_one_request_does(server, local, monkeypatch):
+    """The cloud caps a forward_backward request (1,024 Datums by default) and the SDK splits a
+    larger step; gradients then accumulate over the chunks. Here the cap is 2 Datums."""
+    monkeypatch.setenv("TINKER_TELEMETRY", "0")
+    small_chunks = app_module.CLIENT_CONFIG.model_copy(update={"fwdbwd_max_chunk_len": 2})
+    monkeypatch.setattr(app_module, "CLIENT_CONFIG", small_chunks)
+    requests: list[int] = []
+    decode = state_module.decode_forward_backward
+
+    def counting_decode(message):
+        call = decode(message)
+        requests.append(len(call.data))
+        return call
+
+    monkeypatch.setattr(state_module, "decode_forward_backward", counting_decode)
+    chunking_sdk = sdk_client(server)
+    try:
+        pair = trainers(chunking_sdk, local, seed=23)
+        tokenizer = pair[1].get_tokenizer()
+        texts = ["Two plus two is four.", "Five times three?", "Tom has 9 apples.", "1 2 3", "Ok"]
+        data = [text_datum(tokenizer, t) for t in texts]
+        chunked, whole = both(pair, "forward_backward", data, "cross_entropy")
+        assert requests == [2, 2, 1]
+        assert [len(o["logprobs"].to_numpy()) for o in chunked.loss_fn_outputs] == [
+            len(d.loss_fn_inputs["target_tokens"].to_numpy()) for d in data
+        ]
+        assert_close_output(chunked, whole)
+        optim = both(pair, "optim_step", types.AdamParams(learning_rate=1e-2))
+        assert optim[0].metrics["grad_norm:mean"] == pytest.approx(
+            optim[1].metrics["grad_norm:mean"], rel=1e-5
+        )
+        after = both(pair, "forward", data, "cross_entropy")
+        assert_close_output(*after)
+        assert after[0].metrics["loss:sum"] < chunked.metrics["loss:sum"]
+    finally:
+        chunking_sdk.close("success").result(timeout=TIMEOUT_S)
+
+
+def assert_close_output(a: types.ForwardBackwardOutput, b: types.ForwardBackwardOutput) -> None:
+    """Equal up to float32 rounding: batches of other shapes sum in another order."""
+    assert a.metrics.keys() == b.metrics.keys() == {"loss:sum"}
+    assert a.metrics["loss:sum"] == pytest.approx(b.metrics["loss:sum"], rel=1e-5)
+    for x, y in zip(a.loss_fn_outputs, b.loss_fn_outputs, strict=True):
+        np.testing.assert_allclose(x["logprobs"].to_numpy(), y["logprobs"].to_numpy(), atol=1e-5)
 
 
 def test_sampling_and_logprobs_match_in_process(sdk, local):
