@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+from harness.grpo import compute_grpo_clip_loss
 
 
 def reward_metrics(
@@ -47,20 +50,21 @@ def policy_metrics(
         return {}
     sampler_T = np.concatenate(sampler_logprobs_D).astype(np.float64)
     trainer_T = np.concatenate(trainer_logprobs_D).astype(np.float64)
-    advantage_T = np.concatenate(
-        [np.full(len(lp), a) for lp, a in zip(sampler_logprobs_D, advantages_D, strict=True)]
+    advantage_T = np.repeat(advantages_D, [len(lp) for lp in sampler_logprobs_D])
+    # One row per token (the clip is decided token by token), the trainer as the policy and the
+    # sampler as the old policy, exactly as the ppo loss sees them.
+    _, clip = compute_grpo_clip_loss(
+        torch.from_numpy(advantage_T)[:, None],
+        torch.from_numpy(trainer_T)[:, None],
+        torch.from_numpy(sampler_T)[:, None],
+        cliprange,
     )
-    ratio_T = np.exp(trainer_T - sampler_T)
-    # The clipped branch of -min(r*A, clip(r)*A) is taken when r leaves the band on the side
-    # that would otherwise increase the objective.
-    clipped_T = ((advantage_T > 0) & (ratio_T > 1 + cliprange)) | (
-        (advantage_T < 0) & (ratio_T < 1 - cliprange)
-    )
+    ratio_T = clip["ratio"].numpy()
     return {
         "train/kl_sampler_trainer": float((sampler_T - trainer_T).mean()),
         "train/ratio_mean": float(ratio_T.mean()),
         "train/ratio_min": float(ratio_T.min()),
         "train/ratio_max": float(ratio_T.max()),
-        "train/clip_frac": float(clipped_T.mean()),
+        "train/clip_frac": float(clip["clipped"].float().mean()),
         "train/tokens": float(len(sampler_T)),
     }
