@@ -1,11 +1,11 @@
-"""Re-record the golden cassettes in fixtures/cassettes/ (local backend, tiny fixture models).
+"""Re-record the golden cassettes in fixtures/cassettes/ (local backend, the tiny fixture model).
 
 python scripts/record_golden_cassettes.py [NAME ...]
 
-Each cassette is a few steps of the smoke configuration, trained with the varied reward of
-tests/support/varied_reward_run.py so that the random tiny model has groups with reward variance
-and the cassette holds real forward_backward and optim_step calls (the header names that
-reward, and a replay through the training script uses it). Each cassette is then replayed, the
+Each cassette is a few steps of the smoke configuration on the random tiny-qwen3, trained with
+the varied reward of tests/support/varied_reward_run.py so that it has groups with reward
+variance and the cassette holds real forward_backward and optim_step calls (the header names
+that reward, and a replay through the training script uses it). Each cassette is then replayed, the
 replay's metrics must equal the recorded run's (timings aside), and they are written beside the
 cassette as NAME.metrics.jsonl for the replay tests. Recording is deterministic (fixed seeds, CPU)
 up to run ids, sequence ids and latencies.
@@ -41,8 +41,6 @@ SMOKE = [
 # name: (model, the reward replacing the task's or None, flags)
 GOLDEN = {
     "smoke": ("fixtures/tiny-qwen3", varied_reward, ["--dataset_path=fixtures/gsm8k", *SMOKE]),
-    # A model warm-started on arithmetic earns real reward: its own task's reward trains it.
-    "arith": ("fixtures/tiny-arith", None, ["--dataset=arith", *SMOKE]),
 }
 
 
@@ -82,6 +80,6 @@ def record(name: str, model: str, reward_fn: RewardFn | None, flags: list[str]) 
 
 if __name__ == "__main__":
     os.chdir(REPO)  # paths in the cassettes are relative to the repository, none of this machine
-    names = sys.argv[1:] or [name for name, (model, *_) in GOLDEN.items() if Path(model).is_dir()]
+    names = sys.argv[1:] or list(GOLDEN)
     for name in names:
         record(name, *GOLDEN[name])

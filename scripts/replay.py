@@ -35,6 +35,7 @@ from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems
 from harness.evaluation import validation_subset
 from harness.prompts import format_prompt
 from harness.rewards import extract_answer, make_reward_fn
+from harness.rollouts import encode_prompts
 
 Reward = Callable[[str, str], dict[str, float]]
 
@@ -73,7 +74,6 @@ class QuestionGroup:
 class Step:
     number: int
     final: bool
-    calls: list[Call]
     groups: list[QuestionGroup]
     validation: list[Rollout]
     loss: float | None
@@ -229,8 +229,8 @@ def _step(
         )
     ]
     loss = None if output is None else float(output.metrics.get("loss:sum", float("nan")))
-    return Step(number, final and not rollout_calls, calls, groups, validation, loss,
-                len(datums), _timings(calls, rollout_calls))  # fmt: skip
+    return Step(number, final and not rollout_calls, groups, validation, loss, len(datums),
+                _timings(calls, rollout_calls))  # fmt: skip
 
 
 def _nth(problems: list[Problem] | None, i: int) -> Problem | None:
@@ -248,7 +248,7 @@ def _group(
     matches = None
     if problem is not None:
         expected = format_prompt(problem.question, scoring.use_r1_zero_format)
-        matches = scoring.tokenizer.encode(expected) == prompt_tokens
+        matches = encode_prompts(scoring.tokenizer, [expected])[0].to_ints() == prompt_tokens
     rollouts = _rollouts(call, scoring.tokenizer, scoring.reward_fn, problem)
     for rollout in rollouts:
         key = (*prompt_tokens, *rollout.tokens.tolist())

@@ -292,6 +292,15 @@ def test_a_token_sequence_is_the_same_request_however_it_is_split_into_chunks():
     assert request(prompt([1, 2], [3]))["prompt"]["chunks"][0]["tokens"] == [1, 2, 3]
     assert request(prompt([1, 2], [4])) != request(prompt([1, 2, 3]))
 
+    def trained(model_input):  # a ModelInput inside a Datum inside the list of data
+        weights = np.ones(3, np.float32)
+        datum = types.Datum(model_input=model_input, loss_fn_inputs={"weights": weights})
+        return canonical_request("training", "forward_backward", ([datum], "cross_entropy"), {})
+
+    joined = trained(prompt([1], [2, 3]))
+    assert joined == trained(prompt([1, 2, 3]))
+    assert [c["tokens"] for c in joined["data"][0]["model_input"]["chunks"]] == [[1, 2, 3]]
+
 
 def test_credentials_passed_as_arguments_are_never_recorded():
     request = canonical_request(

@@ -8,9 +8,10 @@ backend, model, the run's config, the reward); every other line is one call:
 
 `index` is the call's order at submission, `client` the client it was made on (`service`, or
 `<kind>@<index of the call that created it>`), `request` the call's arguments by name (those at
-their SDK default left out), `submitted_s` seconds since the recording began and `latency_s`
-seconds from submission to result. Lines are appended as results arrive, so they are in
-completion order; a line cut short by a kill is skipped on reading.
+their SDK default left out, a ModelInput's adjacent text chunks joined), `submitted_s` seconds
+since the recording began and `latency_s` seconds from submission to result. Lines are appended
+as results arrive, so they are in completion order; a line cut short by a kill is skipped on
+reading.
 
 Values are JSON where JSON is exact. The rest is tagged: `{"$type": "Datum", <fields>}` for the
 dataclasses and pydantic models of `tinker.types`; `{"$type": "TensorData", "dtype", "shape",
@@ -117,18 +118,17 @@ def _joined_text(tree: Any) -> Any:
     token sequence is split into chunks is the client's bookkeeping, not part of the request."""
     if isinstance(tree, list):
         return [_joined_text(item) for item in tree]
-    if not isinstance(tree, dict):
-        return tree
-    tree = {k: _joined_text(v) for k, v in tree.items()}
-    if tree.get("$type") == "ModelInput":
-        chunks: list[Any] = []
-        for chunk in tree["chunks"]:
-            if _is_text(chunk) and chunks and _is_text(chunks[-1]):
-                chunks[-1] = {**chunks[-1], "tokens": chunks[-1]["tokens"] + chunk["tokens"]}
-            else:
-                chunks.append(chunk)
-        tree["chunks"] = chunks
-    return tree
+    if not isinstance(tree, dict) or tree.get("$type") == "TensorData" or "$ndarray" in tree:
+        return tree  # arrays hold no ModelInput: their numbers are not walked
+    if tree.get("$type") != "ModelInput":
+        return {k: _joined_text(v) for k, v in tree.items()}
+    chunks: list[Any] = []
+    for chunk in tree["chunks"]:
+        if _is_text(chunk) and chunks and _is_text(chunks[-1]):
+            chunks[-1] = {**chunks[-1], "tokens": chunks[-1]["tokens"] + chunk["tokens"]}
+        else:
+            chunks.append(chunk)
+    return {**tree, "chunks": chunks}
 
 
 def _is_text(chunk: Any) -> bool:
