@@ -11,8 +11,6 @@ call per prompt, and training tokens/s for a ppo `forward_backward` + `optim_ste
 sequences of prompt + T tokens.
 """
 
-import json
-import shutil
 import sys
 import tempfile
 import time
@@ -26,11 +24,12 @@ from tinker import types
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.backends.local import LocalServiceClient
+from harness.data.gsm8k import read_jsonl_problems
 from harness.datums import rollout_to_datum
 from harness.prompts import format_prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_tiny_model import ModelShape, build_model, count_parameters
+from make_tiny_model import ModelShape, count_parameters, save_random_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = REPO_ROOT / "fixtures" / "tiny-qwen3"
@@ -48,17 +47,9 @@ class Args:
     """Skip the `model.generate` baseline (it is the slow part)."""
 
 
-def build_11m(out_dir: Path) -> Path:
-    model = build_model(TINY, SHAPE_11M)
-    model.save_pretrained(out_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy2(TINY / name, out_dir / name)
-    return out_dir
-
-
 def prompt_tokens(tokenizer, count: int) -> list[list[int]]:
-    rows = (REPO_ROOT / "fixtures" / "gsm8k" / "train.jsonl").read_text().splitlines()[:count]
-    return [tokenizer.encode(format_prompt(json.loads(r)["question"], True)) for r in rows]
+    problems = read_jsonl_problems(REPO_ROOT / "fixtures" / "gsm8k" / "train.jsonl")[:count]
+    return [tokenizer.encode(format_prompt(p.question, True)) for p in problems]
 
 
 def bench_backend_sampling(sampler, prompts, args: Args) -> tuple[float, int, list]:
@@ -181,7 +172,8 @@ def main(args: Args) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch_dir = Path(scratch)
         bench("tiny fixture", TINY, scratch_dir / "storage-tiny", args)
-        model_11m = build_11m(scratch_dir / "qwen3-11m")
+        model_11m = scratch_dir / "qwen3-11m"
+        save_random_model(TINY, model_11m, SHAPE_11M)
         bench("random 11M Qwen3", model_11m, scratch_dir / "storage-11m", args)
 
 

@@ -9,9 +9,9 @@ Benchmarks reuse `build_model` to make bigger random models at run time, e.g.
 intermediate=1024))` has 11.0M parameters and builds in about 0.1 s.
 """
 
-import json
 import math
 import shlex
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,8 +27,10 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from harness.data.gsm8k import Problem, read_jsonl_problems
 from harness.prompts import format_prompt
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
 # Added but not special, so `decode(..., skip_special_tokens=True)` keeps them for the reward.
@@ -81,20 +83,12 @@ class Args:
     """Model size."""
 
 
-def read_gsm8k(path: Path) -> list[dict[str, str]]:
-    """Rows `{"question", "answer"}` of a GSM8K jsonl file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"GSM8K train file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def tokenizer_corpus(rows: Iterable[dict[str, str]]) -> Iterator[str]:
+def tokenizer_corpus(problems: Iterable[Problem]) -> Iterator[str]:
     """Every question inside both prompt templates, and every answer, as the model will see them."""
-    for row in rows:
-        yield format_prompt(row["question"], use_r1_zero_format=True)
-        yield format_prompt(row["question"], use_r1_zero_format=False)
-        yield row["answer"]
+    for problem in problems:
+        yield format_prompt(problem.question, use_r1_zero_format=True)
+        yield format_prompt(problem.question, use_r1_zero_format=False)
+        yield problem.answer
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -173,6 +167,17 @@ def build_model(
     return model.eval()
 
 
+def save_random_model(
+    tokenizer_dir: Path, out_dir: Path, shape: ModelShape, seed: int = 0
+) -> Qwen3ForCausalLM:
+    """`build_model` written to `out_dir` with a copy of the tokenizer: a loadable model dir."""
+    model = build_model(tokenizer_dir, shape, seed)
+    model.save_pretrained(out_dir)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(tokenizer_dir / name, out_dir / name)
+    return model
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (tied embeddings counted once)."""
     return sum(p.numel() for p in model.parameters())
@@ -222,7 +227,7 @@ Made by (from the repository root; the same flags give byte-identical files):
 
 def main(args: Args) -> None:
     tokenizer = wrap_tokenizer(
-        train_tokenizer(tokenizer_corpus(read_gsm8k(args.gsm8k_train)), args.vocab_size),
+        train_tokenizer(tokenizer_corpus(read_jsonl_problems(args.gsm8k_train)), args.vocab_size),
         args.shape.max_positions,
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def service(tmp_path_factory) -> LocalServiceClient:
 
 
 @pytest.fixture(scope="module")
-def tokens_D(tiny_model_dir) -> list[np.ndarray]:
+def tokens_D() -> list[np.ndarray]:
     lengths = [5, 9, 14]
     return [RNG.integers(1, 2000, size=n) for n in lengths]
 

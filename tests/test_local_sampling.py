@@ -144,7 +144,7 @@ def test_stop_token_ids_and_strings_end_generation(sampler):
     assert stop_text not in tokenizer.decode(got.tokens[:-1])
 
 
-def test_max_tokens_and_default_eos(sampler, service, tiny_model_dir):
+def test_max_tokens_bounds_every_sample(sampler):
     for max_tokens in (1, 7):
         response = sample_all(sampler, params(temperature=1.0, max_tokens=max_tokens))
         assert {len(s.tokens) for r in response for s in r.sequences} == {max_tokens}

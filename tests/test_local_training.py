@@ -96,8 +96,11 @@ def test_optim_step_zeroes_gradients_and_reports_metrics(service, base):
     assert set(response.metrics) == {"grad_norm:mean", "learning_rate:mean"}
     assert response.metrics["grad_norm:mean"] > 0
     assert all(p.grad is None for p in client.model.parameters())
-    # With no new gradients, a step moves nothing but the decayed weights; no gradient norm.
+    # With no new gradients a step moves nothing (AdamW skips weights without a gradient, decay
+    # included) and reports no gradient norm.
+    before = adapter(client)
     assert client.optim_step(ADAM).result().metrics["grad_norm:mean"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(adapter(client), before, strict=True))
 
 
 def test_only_the_adapter_changes_and_the_seed_fixes_its_init(service, base):
@@ -244,6 +247,19 @@ def test_bad_input_fails_with_a_clear_error(service, base, data, loss_fn, config
         client.forward_backward(data, loss_fn, config).result(timeout=60)
     # The client still works afterwards.
     assert client.forward([datum_with(GOOD)], "ppo").result(timeout=60).metrics["loss:sum"]
+
+
+def test_only_adamw_and_some_adapted_modules_are_accepted(service, base):
+    dimuon = types.DimuonOptimizerConfig()
+    with pytest.raises(ValueError, match="AdamW only"):
+        service.create_lora_training_client(base, rank=2, optimizer=dimuon).result(timeout=60)
+    path = new_client(service, base).save_state("for-dimuon").result().path
+    with pytest.raises(ValueError, match="AdamW only"):
+        service.create_training_client_from_state(path, optimizer=dimuon).result(timeout=60)
+    with pytest.raises(ValueError, match="At least one of train_mlp"):
+        service.create_lora_training_client(
+            base, train_mlp=False, train_attn=False, train_unembed=False
+        )
 
 
 def test_empty_data_and_bad_optimizer_params(service, base):

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from harness.data.gsm8k import read_jsonl_problems
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_tiny_model.py"
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 ODD_UNICODE = (
@@ -153,8 +155,8 @@ def test_model_shape_rejects_bad_sizes(make_tiny_model) -> None:
 
 
 def test_committed_tokenizer_is_what_training_gives(make_tiny_model, tiny_model_dir, gsm8k_dir):
-    rows = make_tiny_model.read_gsm8k(gsm8k_dir / "train.jsonl")
-    corpus = make_tiny_model.tokenizer_corpus(rows)
+    problems = read_jsonl_problems(gsm8k_dir / "train.jsonl")
+    corpus = make_tiny_model.tokenizer_corpus(problems)
     trained = json.loads(
         make_tiny_model.train_tokenizer(corpus, make_tiny_model.Args().vocab_size).to_str()
     )

@@ -1,8 +1,9 @@
 """Next-token choice for a batch of rows, each with its own sampling parameters (pure torch).
 
 Randomness is counter-based: row r's uniform at step t is a hash of (its key, t), where the key
-hashes (seed, sample index). A seeded request therefore gets the same tokens whatever else shares
-its batch, however the batch is split, and whichever rows have already finished.
+hashes (seed, sample index). A seeded request therefore gets the same draws whatever else shares
+its batch, however the batch is split, and whichever rows have already finished; its tokens are
+the same too unless the batch's shape moves a logit, by float rounding, across a draw's boundary.
 """
 
 import numpy as np

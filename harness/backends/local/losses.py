@@ -24,8 +24,8 @@ def ppo(
     target_logprobs: torch.Tensor,
     logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    clip_low_threshold: float = 0.8,
-    clip_high_threshold: float = 1.2,
+    clip_low_threshold: float,
+    clip_high_threshold: float,
 ) -> torch.Tensor:
     ratio = torch.exp(target_logprobs - logprobs)
     clipped_ratio = ratio.clamp(clip_low_threshold, clip_high_threshold)
@@ -36,8 +36,8 @@ def cispo(
     target_logprobs: torch.Tensor,
     logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    clip_low_threshold: float = 0.8,
-    clip_high_threshold: float = 1.2,
+    clip_low_threshold: float,
+    clip_high_threshold: float,
 ) -> torch.Tensor:
     clipped_ratio = torch.exp(target_logprobs - logprobs).clamp(
         clip_low_threshold, clip_high_threshold

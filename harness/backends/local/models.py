@@ -100,8 +100,6 @@ def lora_config(model: PreTrainedModel, spec: LoraSpec) -> LoraConfig:
         *(MLP_MODULES if spec.train_mlp else ()),
         *([_unembed_name(model)] if spec.train_unembed else ()),
     ]
-    if not targets:
-        raise ValueError("at least one of train_mlp, train_attn or train_unembed must be True")
     return LoraConfig(r=spec.rank, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=targets)
 
 

@@ -155,7 +155,10 @@ class LocalServiceClient:
         spec: LoraSpec | None,
         checkpoint: Path | None = None,
         location: str | None = None,
+        optimizer: types.OptimizerConfig | None = None,
     ) -> LocalTrainingClient:
+        if optimizer is not None and optimizer.type != "adamw":
+            raise ValueError(f"the local backend implements AdamW only, got {optimizer.type!r}")
         model_dir, base = self.base(location or base_model)
         model = adapted(base, spec)
         if checkpoint is not None:
@@ -197,15 +200,15 @@ class LocalServiceClient:
             raise ValueError("At least one of train_mlp, train_attn, or train_unembed must be True")
         seed = seed if seed is not None else self.next_seed()
         spec = LoraSpec(rank, seed, train_mlp, train_attn, train_unembed)
+        return run_now(lambda: self._training_client(base_model, spec, optimizer=optimizer))
 
-        def create() -> LocalTrainingClient:
-            if optimizer is not None and optimizer.type != "adamw":
-                raise ValueError(f"the local backend implements AdamW only, got {optimizer.type!r}")
-            return self._training_client(base_model, spec)
-
-        return run_now(create)
-
-    def _from_state(self, path: str, base_model: str | None, with_optimizer: bool):
+    def _from_state(
+        self,
+        path: str,
+        base_model: str | None,
+        with_optimizer: bool,
+        optimizer: types.OptimizerConfig | None = None,
+    ) -> LocalTrainingClient:
         directory = self.store.resolve(path)
         meta = read_meta(directory)
         if with_optimizer and not (directory / OPTIMIZER_FILE).is_file():
@@ -218,6 +221,7 @@ class LocalServiceClient:
             _spec(meta),
             checkpoint=directory,
             location=base_model or _location(meta),
+            optimizer=optimizer,
         )
         if with_optimizer:
             client.load_optimizer_state(directory / OPTIMIZER_FILE)
@@ -232,7 +236,9 @@ class LocalServiceClient:
         optimizer: types.OptimizerConfig | None = None,
     ) -> APIFuture[LocalTrainingClient]:
         """A new run with the checkpoint's adapter weights and a fresh optimizer."""
-        return run_now(lambda: self._from_state(path, base_model, with_optimizer=False))
+        return run_now(
+            lambda: self._from_state(path, base_model, with_optimizer=False, optimizer=optimizer)
+        )
 
     def create_training_client_from_state_with_optimizer(
         self,

@@ -163,7 +163,14 @@ class LocalTrainingClient:
 
     # -- checkpoints --------------------------------------------------------------------------
 
-    def _save(self, kind: Kind, name: str, overwrite: bool, extra: Mapping[str, Any]) -> str:
+    def _save(
+        self,
+        kind: Kind,
+        name: str,
+        overwrite: bool,
+        ttl_seconds: int | None,
+        user_metadata: dict[str, str] | None,
+    ) -> str:
         """Write a checkpoint atomically (a killed save leaves no half-written checkpoint)."""
         path = TinkerPath(self.model_id, kind, check_name(name))
         directory = self._service.store.directory(path)
@@ -181,7 +188,8 @@ class LocalTrainingClient:
                 "base_model": self._base_model,
                 "model_dir": str(self._model_dir),
                 "lora": self._spec.to_json() if self._spec is not None else None,
-                **extra,
+                "user_metadata": user_metadata,
+                "ttl_seconds": ttl_seconds,
             },
         )
         if directory.exists():
@@ -198,13 +206,11 @@ class LocalTrainingClient:
     ) -> APIFuture[types.SaveWeightsResponse]:
         """Save adapter weights and optimizer state; resume with
         `create_training_client_from_state_with_optimizer`."""
-        extra = {"user_metadata": user_metadata, "ttl_seconds": ttl_seconds}
-
-        def save() -> types.SaveWeightsResponse:
-            path = self._save("weights", name, overwrite, extra)
-            return types.SaveWeightsResponse(path=path)
-
-        return self._worker.submit(save)
+        return self._worker.submit(
+            lambda: types.SaveWeightsResponse(
+                path=self._save("weights", name, overwrite, ttl_seconds, user_metadata)
+            )
+        )
 
     def save_weights_for_sampler(
         self,
@@ -212,13 +218,11 @@ class LocalTrainingClient:
         ttl_seconds: int | None = None,
         user_metadata: dict[str, str] | None = None,
     ) -> APIFuture[types.SaveWeightsForSamplerResponse]:
-        extra = {"user_metadata": user_metadata, "ttl_seconds": ttl_seconds}
-
-        def save() -> types.SaveWeightsForSamplerResponse:
-            path = self._save("sampler_weights", name, True, extra)
-            return types.SaveWeightsForSamplerResponse(path=path)
-
-        return self._worker.submit(save)
+        return self._worker.submit(
+            lambda: types.SaveWeightsForSamplerResponse(
+                path=self._save("sampler_weights", name, True, ttl_seconds, user_metadata)
+            )
+        )
 
     def save_weights_and_get_sampling_client(
         self,
