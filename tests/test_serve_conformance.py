@@ -15,9 +15,8 @@ from harness.backends.local import engine as local_engine
 from harness.serve import Limits
 from harness.serve import app as app_module
 from harness.serve import state as state_module
-from tests.support.serve import KEY, REPO, TINY_MODEL, loopback_only, sdk_client, start_server
+from tests.support.serve import KEY, MODEL, loopback_only, sdk_client, start_server
 
-MODEL = str(REPO / TINY_MODEL)
 TIMEOUT_S = 60
 
 

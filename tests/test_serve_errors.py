@@ -5,7 +5,6 @@ server."""
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
@@ -14,9 +13,8 @@ from tinker import types
 from tinker.lib.retry_handler import RetryConfig
 
 from harness.backends.local import training as local_training
-from tests.support.serve import KEY, REPO, TINY_MODEL, sdk_client, start_server
+from tests.support.serve import KEY, MODEL, sdk_client, start_server
 
-MODEL = str(REPO / TINY_MODEL)
 TIMEOUT_S = 30
 
 
@@ -125,11 +123,9 @@ def test_a_server_stopped_mid_request_fails_it_and_later_calls_give_up(tmp_path,
             in_flight.result(timeout=TIMEOUT_S)
         assert e.value.category == types.RequestErrorCategory.Server
         # A request after the stop finds no server; the SDK retries until its progress timeout.
-        start = time.monotonic()
         with pytest.raises(tinker.APIConnectionError, match="No progress made in 2"):
             sampler.sample(
                 types.ModelInput.from_ints([1, 2]), 1, types.SamplingParams(max_tokens=2)
             ).result(timeout=TIMEOUT_S)
-        assert time.monotonic() - start < TIMEOUT_S
     finally:
         release.set()

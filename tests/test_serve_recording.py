@@ -114,14 +114,16 @@ def _scrub(body: bytes) -> bytes:
     return body.replace(str(REPO).encode(), b"<repo>")
 
 
+RECORDER_CONFIG = {
+    "before_record_request": canonical_request,
+    "before_record_response": scrubbed_response,
+    "decode_compressed_response": False,
+}
+
+
 @pytest.fixture
 def vcr_config() -> dict[str, Any]:
-    return {
-        "match_on": ("method", "path", "body"),
-        "before_record_request": canonical_request,
-        "before_record_response": scrubbed_response,
-        "decode_compressed_response": False,
-    }
+    return {"match_on": ("method", "path", "body"), **RECORDER_CONFIG}
 
 
 @pytest.fixture
@@ -190,18 +192,10 @@ def test_recordings_hold_no_key_and_no_local_path():
 
 def test_the_server_still_answers_as_recorded(sdk_environment, tmp_path):
     fresh = tmp_path / "fresh.yaml"
-    recorder = vcr.VCR(record_mode="all", **_recorder_config())
+    recorder = vcr.VCR(record_mode="all", **RECORDER_CONFIG)
     with served(tmp_path / "storage") as server, recorder.use_cassette(str(fresh)):
         session(server.base_url)
     assert_same_exchange(interactions(fresh), interactions(SESSION_CASSETTE))
-
-
-def _recorder_config() -> dict[str, Any]:
-    return {
-        "before_record_request": canonical_request,
-        "before_record_response": scrubbed_response,
-        "decode_compressed_response": False,
-    }
 
 
 _ID = re.compile(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{12,32}\b")

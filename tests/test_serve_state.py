@@ -19,9 +19,8 @@ from harness.serve import Limits, LocalTinkerServer
 from harness.serve.futures import Failure, FutureStore, Payload
 from harness.serve.ordering import SampleBatcher, SeqQueue
 from harness.serve.state import HttpError, ServerState
-from tests.support.serve import KEY, REPO, TINY_MODEL, sdk_client, start_server
+from tests.support.serve import KEY, MODEL, sdk_client, start_server
 
-MODEL = str(REPO / TINY_MODEL)
 TIMEOUT_S = 30
 
 

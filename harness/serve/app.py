@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pydantic
@@ -118,17 +119,9 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
             )
         return _future(*state.forward_backward(await _body(request)))
 
-    @app.post(f"{API}/optim_step")
-    async def optim_step(request: Request) -> Response:
-        return _future(*state.optim_step(await _json(request)))
-
-    @app.post(f"{API}/save_weights")
-    async def save_weights(request: Request) -> Response:
-        return _future(*state.save_weights(await _json(request)))
-
-    @app.post(f"{API}/save_weights_for_sampler")
-    async def save_weights_for_sampler(request: Request) -> Response:
-        return _future(*state.save_weights_for_sampler(await _json(request)))
+    # JSON training requests, validated in their seq_id turn: a malformed one leaves no gap.
+    for submit in (state.optim_step, state.save_weights, state.save_weights_for_sampler):
+        app.add_api_route(f"{API}/{submit.__name__}", _queued(submit), methods=["POST"])
 
     # -- sampling -----------------------------------------------------------------------------
 
@@ -225,6 +218,15 @@ def _parse(model: type[Model], body: dict[str, Any]) -> Model:
 
 def _model(model: pydantic.BaseModel) -> Response:
     return Response(model.model_dump_json(exclude_none=True), media_type=JSON)
+
+
+def _queued(submit: Callable[[dict[str, Any]], tuple[str, str]]):
+    """An endpoint handing its JSON body to `submit`, which queues it on its model."""
+
+    async def endpoint(request: Request) -> Response:
+        return _future(*submit(await _json(request)))
+
+    return endpoint
 
 
 def _future(request_id: str, model_id: str) -> Response:

@@ -1,8 +1,9 @@
 """Protobuf on the wire, in the SDK's own messages (`tinker.proto.tinker_public_pb2`).
 
-Requests: `forward_backward` bodies decode to `tinker.types` Datums. Responses: the two result
-types the SDK accepts only as protobuf, `ForwardBackwardOutput` and `SampleResponse`, encode to
-the bytes the SDK's `tinker.proto.response_conv` reads back.
+Requests: `forward_backward` bodies decode to `tinker.types` Datums, their tensors by the SDK's
+own decoder (private to `tinker.proto.response_conv`; the SDK is pinned). Responses: the two
+result types the SDK accepts only as protobuf, `ForwardBackwardOutput` and `SampleResponse`,
+encode to the bytes the SDK's `tinker.proto.response_conv` reads back.
 """
 
 from __future__ import annotations
@@ -15,12 +16,8 @@ from typing import Any
 import numpy as np
 from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
+from tinker.proto.response_conv import _PROTO_DTYPE_TO_NUMPY, _tensor_data_from_proto
 
-_TENSOR_DTYPES: dict[int, tuple[types.TensorDtype, np.dtype]] = {
-    pb.DTYPE_FLOAT32: ("float32", np.dtype(np.float32)),
-    pb.DTYPE_INT64: ("int64", np.dtype(np.int64)),
-    pb.DTYPE_INT32: ("int64", np.dtype(np.int32)),
-}
 _PROTO_DTYPES: dict[str, int] = {"float32": pb.DTYPE_FLOAT32, "int64": pb.DTYPE_INT64}
 _STOP_REASONS = {"stop": pb.STOP_REASON_STOP, "length": pb.STOP_REASON_LENGTH}
 
@@ -89,24 +86,12 @@ def _chunk(message: pb.Chunk, index: int) -> types.EncodedTextChunk:
 
 
 def tensor_data(message: pb.Tensor) -> types.TensorData:
-    """A `TensorData` from a proto `Tensor`, dense or sparse CSR."""
-    if message.dtype not in _TENSOR_DTYPES:
-        raise ValueError(f"tensor dtype {pb.DType.Name(message.dtype)} is not supported")
-    dtype, np_dtype = _TENSOR_DTYPES[message.dtype]
-    shape = list(message.shape)
-    if message.WhichOneof("encoding") == "sparse_csr":
-        csr = message.sparse_csr
-        return types.TensorData(
-            data=np.frombuffer(csr.values, dtype=np_dtype),
-            dtype=dtype,
-            shape=shape,
-            sparse_crow_indices=np.frombuffer(csr.crow_indices, dtype=np.int64).tolist(),
-            sparse_col_indices=np.frombuffer(csr.col_indices, dtype=np.int64).tolist(),
-        )
-    values = np.frombuffer(message.dense, dtype=np_dtype)
-    if shape and int(np.prod(shape)) != values.size:
-        raise ValueError(f"tensor of shape {shape} holds {values.size} values")
-    return types.TensorData(data=values, dtype=dtype, shape=shape or [values.size])
+    """A `TensorData` from a proto `Tensor`, dense or sparse CSR, by the SDK's own decoder. A
+    dense tensor sent without a shape (`TensorData.shape` is optional) is 1-D."""
+    np_dtype = _PROTO_DTYPE_TO_NUMPY.get(message.dtype)
+    if not message.shape and not message.HasField("sparse_csr") and np_dtype is not None:
+        message.shape.append(len(message.dense) // np_dtype.itemsize)
+    return _tensor_data_from_proto(message)
 
 
 def encode_forward_backward_output(output: types.ForwardBackwardOutput) -> bytes:

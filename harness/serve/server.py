@@ -17,7 +17,6 @@ from pathlib import Path
 import uvicorn
 
 from harness.backends.local import LocalServiceClient
-from harness.backends.local.models import resolve_model_dir
 
 from .app import create_app
 from .state import Limits, ServerState
@@ -72,9 +71,8 @@ class LocalTinkerServer:
         if not models:
             raise ValueError("serve at least one model")
         service = LocalServiceClient(storage_dir, device=device, seed=seed)
-        served = {name: resolve_model_dir(name) for name in models}
-        for name in served:
-            service.base(name)  # load now: a bad model fails here, and the first create is fast
+        # Loaded now: a bad model fails here, and the first create is fast.
+        served = {name: service.base(name)[0] for name in models}
         self.state = ServerState(service, served, limits)
         self._socket = _listening_socket(host, port)
         host, port = self._socket.getsockname()[:2]

@@ -98,7 +98,6 @@ class Sampler:
     sampler_id: str
     session_id: str
     client: LocalSamplingClient
-    base_model: str
     model_path: str | None
     order: int  # creation order, so a batch holding several samplers is ordered as in process
 
@@ -386,9 +385,8 @@ class ServerState:
         self, sampler_id: str, session_id: str, client: LocalSamplingClient, path: str | None
     ) -> None:
         self._samplers_made += 1
-        base_model = client.get_base_model()
         self._samplers[sampler_id] = Sampler(
-            sampler_id, session_id, client, base_model, path, self._samplers_made
+            sampler_id, session_id, client, path, self._samplers_made
         )
         while len(self._samplers) > self.limits.max_samplers:
             self._samplers.popitem(last=False)
@@ -407,7 +405,9 @@ class ServerState:
     def get_sampler(self, sampler_id: str) -> types.GetSamplerResponse:
         sampler = self.sampler(sampler_id)
         return types.GetSamplerResponse(
-            sampler_id=sampler_id, base_model=sampler.base_model, model_path=sampler.model_path
+            sampler_id=sampler_id,
+            base_model=sampler.client.get_base_model(),
+            model_path=sampler.model_path,
         )
 
     def sample(self, request: types.SampleRequest) -> tuple[str, list[str]]:
@@ -439,7 +439,7 @@ class ServerState:
                 self._follow(request_id, future.future(), _result_payload)
 
         self._batcher.submit(sampler.order, request.seq_id, start)
-        return request_id, [f"{prefix}:{i}" for i in range(max(request.num_samples, 0))]
+        return request_id, [f"{prefix}:{i}" for i in range(request.num_samples)]
 
     # -- results ------------------------------------------------------------------------------
 

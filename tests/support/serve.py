@@ -15,13 +15,12 @@ from harness.serve import Limits, LocalTinkerServer
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TINY_MODEL = "fixtures/tiny-qwen3"
+MODEL = str(REPO / TINY_MODEL)
 KEY = "tml-test-7f3c9b1e2d"
 
 
 def start_server(storage_dir: Path, limits: Limits | None = None) -> LocalTinkerServer:
-    return LocalTinkerServer(
-        [str(REPO / TINY_MODEL)], storage_dir, api_key=KEY, seed=0, limits=limits
-    ).start()
+    return LocalTinkerServer([MODEL], storage_dir, api_key=KEY, seed=0, limits=limits).start()
 
 
 def sdk_client(server: LocalTinkerServer) -> tinker.ServiceClient:
@@ -67,9 +66,7 @@ def loopback_only() -> Iterator[list[str]]:
         socket.getaddrinfo = getaddrinfo
 
 
-def _is_loopback(host: str | bytes | None) -> bool:
-    if host is None:
-        return True  # getaddrinfo(None, port): the local machine
+def _is_loopback(host: str | bytes) -> bool:
     host = host.decode() if isinstance(host, bytes) else host
     if host == "localhost":
         return True
