@@ -10,7 +10,6 @@ Datums). Pin to one core with `taskset -c 0` to measure the single-core figure.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import tyro
 
+from harness.data.gsm8k import read_jsonl_problems
 from harness.datums import step_datums
 from harness.grpo import group_normalized_advantages
 from harness.rewards import gsm8k_reward_fn
@@ -38,11 +38,11 @@ class Args:
 def realistic_responses(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
     """(response, ground truth) pairs: GSM8K reasoning padded to ~300 tokens, in both formats,
     right and wrong, with and without a well-formed answer."""
-    rows = [json.loads(line) for line in GSM8K_TRAIN.read_text().splitlines()[: n * 2]]
+    problems = read_jsonl_problems(GSM8K_TRAIN)[: n * 2]
     pairs = []
     for i in range(n):
-        row = rows[int(rng.integers(len(rows)))]
-        reasoning, truth = row["answer"].split("####")
+        problem = problems[int(rng.integers(len(problems)))]
+        reasoning, truth = problem.answer.split("####")
         truth = truth.strip()
         answer = truth if rng.random() < 0.5 else str(int(rng.integers(1000)))
         reasoning = (reasoning.strip() + " ") * 3  # GSM8K solutions are ~100 tokens
@@ -55,7 +55,7 @@ def realistic_responses(n: int, rng: np.random.Generator) -> list[tuple[str, str
             response = f"{reasoning}</think> <answer>\\boxed{{{answer}}}</answer>"
         else:
             response = f"{reasoning}so it is {answer} dollars"
-        pairs.append((response, row["answer"]))
+        pairs.append((response, problem.answer))
     return pairs
 
 

@@ -6,8 +6,8 @@ Run from the repository root:
 
 It builds a random Qwen3 of `--shape` with the tiny fixture's tokenizer and trains every weight
 (the local backend's full fine-tuning client) with supervised `cross_entropy` on prompt +
-reference completion (`... 23 + 15 = 38\n\boxed{38}` then EOS, or the R1-Zero
-`... </think> <answer>38</answer>`). Every `eval_every` steps it measures greedy accuracy on test
+reference completion (`... 24 + 5 = 29\n\boxed{29}` then EOS, or the R1-Zero
+`... </think> <answer>29</answer>`). Every `eval_every` steps it measures greedy accuracy on test
 problems and stops at the first measurement at or above `target_accuracy`: a partly trained
 model, whose groups of samples disagree (so GRPO has a signal) and which has room to learn. The
 merged model goes to `--out` with a README holding the command and the result. The same
@@ -16,8 +16,9 @@ arguments give the same model (CPU, same torch build).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shlex
-import shutil
 import sys
 import tempfile
 import textwrap
@@ -37,10 +38,10 @@ from harness.prompts import format_prompt
 from harness.rewards import make_reward_fn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_tiny_model import ModelShape, build_model, count_parameters
+from make_tiny_model import ModelShape, count_parameters, save_random_model
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# Spelled out in the README's command even at their defaults; other flags only when changed.
+COMMAND_FLAGS = ("out", "seed", "learning_rate", "batch_size", "target_accuracy")
 
 
 @dataclass(frozen=True)
@@ -106,24 +107,28 @@ def encode_examples(
     return [[*tokenizer.encode(text), tokenizer.eos_token_id] for text in texts]
 
 
-def make_base(args: Args, directory: Path) -> int:
-    """A random model of `args.shape` with the reused tokenizer; returns its parameter count."""
-    model = build_model(args.tokenizer, args.shape, args.seed)
-    model.save_pretrained(directory)
-    for name in TOKENIZER_FILES:
-        shutil.copy2(args.tokenizer / name, directory / name)
-    return count_parameters(model)
+def flag_values(args: Args) -> dict[str, Any]:
+    """Every flag's value by field name, the shape's fields at the top level (as tyro's)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name != "shape"}
+    return values | dataclasses.asdict(args.shape)
 
 
 def command_line(args: Args) -> str:
-    defaults = Args()
+    """The command that remakes `args.out`: the main flags, then every other off its default."""
+    values, defaults = flag_values(args), flag_values(Args())
     flags = [
-        f"--{name.replace('_', '-')} {shlex.quote(str(getattr(args, name)))}"
-        for name in ("out", "seed", "learning_rate", "batch_size", "target_accuracy")
+        flag(name, value)
+        for name, value in values.items()
+        if name in COMMAND_FLAGS or value != defaults[name]
     ]
-    if args.use_r1_zero_format != defaults.use_r1_zero_format:
-        flags.append(f"--use-r1-zero-format {args.use_r1_zero_format}")
     return " ".join(["python scripts/warm_start.py", *flags])
+
+
+def flag(name: str, value: Any) -> str:
+    name = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {shlex.quote(str(value))}"
 
 
 def readme_text(args: Args, n_params: int, steps: int, accuracy: float, seconds: float) -> str:
@@ -138,10 +143,13 @@ def readme_text(args: Args, n_params: int, steps: int, accuracy: float, seconds:
     result = f"""It stopped after {steps} steps of {args.batch_size} problems (learning rate
         {args.learning_rate}), at greedy accuracy {accuracy:.1%} on {args.eval_n} test problems:
         partly right, so GRPO has reward variance within groups and room to learn."""
-    made_by = f"Made by (from the repository root, seed {args.seed}; about {seconds:.0f} s on 2 CPU"
-    grpo = """GRPO from it, through the standard training script: see the README's offline
-        learning section (`--dataset=arith --use_r1_zero_format=False`)."""
-    paragraphs = ["# tiny-arith", fill(what), f"{made_by} cores):", f"    {command_line(args)}"]
+    made_by = (
+        f"Made by (from the repository root, seed {args.seed}; about {seconds:.0f} s on "
+        f"{os.cpu_count()} CPU cores):"
+    )
+    grpo = f"""GRPO from it, through the standard training script: see the README's offline
+        learning section (`--dataset=arith --use_r1_zero_format={args.use_r1_zero_format}`)."""
+    paragraphs = ["# tiny-arith", fill(what), made_by, f"    {command_line(args)}"]
     return "\n\n".join([*paragraphs, fill(result), fill(grpo)]) + "\n"
 
 
@@ -157,7 +165,9 @@ def main(args: Args) -> None:
     reward_fn = make_reward_fn(args.use_r1_zero_format)
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = Path(scratch) / "base"
-        n_params = make_base(args, base_dir)
+        n_params = count_parameters(
+            save_random_model(args.tokenizer, base_dir, args.shape, args.seed)
+        )
         service = LocalServiceClient(Path(scratch) / "storage", seed=args.seed)
         training_client = service.create_full_training_client(str(base_dir)).result()
         tokenizer = training_client.get_tokenizer()

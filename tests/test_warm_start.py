@@ -1,12 +1,14 @@
 """The warm start: its reference completions, and the local backend's full fine-tuning client
 it trains through (every weight trains; checkpoints, resume, sampling and export follow)."""
 
+import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import tyro
 from tinker import types
 from transformers import AutoModelForCausalLM
 
@@ -15,7 +17,10 @@ from harness.data import load_problems
 from harness.rewards import gsm8k_reward_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from warm_start import reference_completion, sft_datum
+from make_tiny_model import ModelShape
+from warm_start import Args, command_line, reference_completion, sft_datum
+
+WARM_START_README = Path(__file__).resolve().parent.parent / "fixtures" / "tiny-arith" / "README.md"
 
 TOKENS = list(range(20, 40))
 ADAM = types.AdamParams(learning_rate=0.01)
@@ -34,6 +39,19 @@ def test_sft_datum_predicts_every_next_token():
     assert datum.model_input.to_ints() == TOKENS[:-1]
     assert datum.loss_fn_inputs["target_tokens"].to_numpy().tolist() == TOKENS[1:]
     assert datum.loss_fn_inputs["weights"].to_numpy().tolist() == [1.0] * (len(TOKENS) - 1)
+
+
+def test_the_committed_warm_start_was_made_by_the_default_command():
+    assert f"    {command_line(Args())}\n" in WARM_START_README.read_text()
+
+
+def test_the_readme_command_parses_back_to_every_changed_argument():
+    args = Args(
+        out=Path("a dir"), use_r1_zero_format=True, eval_every=10, shape=ModelShape(hidden=32)
+    )
+    command = shlex.split(command_line(args))
+    assert command[:2] == ["python", "scripts/warm_start.py"]
+    assert tyro.cli(Args, args=command[2:]) == args
 
 
 @pytest.fixture(scope="module")

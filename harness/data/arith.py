@@ -1,15 +1,16 @@
 """Arithmetic word problems in GSM8K's shape, generated offline from a seed.
 
 A problem tells a short story of 1-3 operations on a count of things and asks for the final
-count ("Tom has 3 bags with 8 apples in each bag. He buys 45 more apples. How many apples does
+count ("Tom has 3 bags with 8 apples in each bag. He buys 5 more apples. How many apples does
 Tom have now?"). Its answer is written as GSM8K writes one: an equation per line, then `#### N`
-("3 * 8 = 24", "24 + 45 = 69", "#### 69"), so the GSM8K reward, prompts and loop apply unchanged.
+("3 * 8 = 24", "24 + 5 = 29", "#### 29"), so the GSM8K reward, prompts and loop apply unchanged.
 
 The operations are the two a sub-million-parameter model learns, and then improves by GRPO,
-within minutes on a CPU: 2-digit additions (counts stay at most `MAX_COUNT`) and the 1-digit
-multiplication table, chained up to three deep. (Subtraction and division were tried: such a
-model learns them several times more slowly, and GRPO barely moves them in minutes.) The words
-are ones the tiny fixture tokenizer learned from GSM8K; its digits are single tokens.
+within minutes on a CPU: the 1-digit multiplication table (bags of equal size, first operation
+only) and additions of a 1-digit number to the count, chained up to three deep. (Subtraction
+and division were tried: such a model learns them several times more slowly, and GRPO barely
+moves them in minutes.) The words are ones the tiny fixture tokenizer learned from GSM8K; its
+digits are single tokens.
 
 The split is a function of the arithmetic alone: a problem is a test problem when the hash of
 its equations says so. No test problem therefore shares its computation, let alone its text,
@@ -134,9 +135,9 @@ def generate_splits(
     wanted = {False: n_train, True: n_test}
     while any(len(splits[k]) < wanted[k] for k in splits):
         problem = make_problem(rng)
-        split = splits[is_test(problem)]
-        if len(split) < wanted[is_test(problem)]:
-            split.setdefault(problem.question, problem)
+        test = is_test(problem)
+        if len(splits[test]) < wanted[test]:
+            splits[test].setdefault(problem.question, problem)
     return tuple(splits[False].values()), tuple(splits[True].values())
 
 
