@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))  # the varied reward lives with the tests
 from harness.cli import main  # noqa: E402
 from harness.evaluation import RewardFn  # noqa: E402
 from harness.jsonl import read_json_lines, rewrite_json_lines  # noqa: E402
+from tests.support.metrics import without_timings  # noqa: E402
 from tests.support.varied_reward_run import varied_reward  # noqa: E402
 
 CASSETTES = Path("fixtures/cassettes")
@@ -42,10 +43,6 @@ SMOKE = [
 GOLDEN = {
     "smoke": ("fixtures/tiny-qwen3", varied_reward, ["--dataset_path=fixtures/gsm8k", *SMOKE]),
 }
-
-
-def without_timings(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
 
 def run(flags: list[str], log_path: Path, reward_fn: RewardFn | None) -> float:

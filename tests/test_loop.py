@@ -22,6 +22,7 @@ from harness.data import load_gsm8k
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
 from harness.loop import train
+from tests.support.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,10 +75,6 @@ def offline_args(tiny_model_dir: Path, gsm8k_dir: Path, log_path: Path) -> list[
         "--eval_n=6",
         "--learning_rate=1e-3",
     ]
-
-
-def without_timings(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
 
 @pytest.fixture(scope="module")

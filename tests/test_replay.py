@@ -24,9 +24,9 @@ from harness.backends.replay import (
 from harness.cli import main
 from harness.jsonl import read_json_lines
 from tests.support.fake_backend import PARAMS, PROMPT, FakeService, response
+from tests.support.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
 from tests.test_loop import SMOKE as LOOP_SMOKE
-from tests.test_loop import without_timings
 
 SMOKE = [*LOOP_SMOKE, "--sampling_max_tokens=24", "--eval_n=6", "--learning_rate=1e-3"]
 SECRETS = {

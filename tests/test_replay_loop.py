@@ -14,7 +14,7 @@ from harness.data import load_problems
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
 from harness.loop import train
-from tests.test_loop import without_timings
+from tests.support.metrics import without_timings
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "fixtures" / "cassettes" / "smoke.jsonl"

@@ -14,6 +14,7 @@ import pytest
 
 from harness.cli import main
 from harness.jsonl import read_json_lines
+from tests.support.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
 from tests.test_loop import (
     REPO,
@@ -23,7 +24,6 @@ from tests.test_loop import (
     offline_args,
     run_script,
     wait_for,
-    without_timings,
 )
 
 
