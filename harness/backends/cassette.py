@@ -27,7 +27,8 @@ import dataclasses
 import inspect
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,34 +324,67 @@ class Difference:
 def first_difference(recorded: Any, replayed: Any, path: str = "") -> Difference | None:
     """Where two encoded values first differ; floats agree to a relative 1e-6, so float
     arithmetic that differs in the last bits across machines still replays."""
+    return next(differences(recorded, replayed, path), None)
+
+
+def differences(recorded: Any, replayed: Any, path: str = "") -> Iterator[Difference]:
+    """Every place where two encoded values differ, in order (lazily: the first costs as
+    little as `first_difference` needs)."""
     if _is_number(recorded) and _is_number(replayed):
-        if recorded == replayed or (
-            (isinstance(recorded, float) or isinstance(replayed, float))
-            and math.isclose(recorded, replayed, rel_tol=REL_TOLERANCE, abs_tol=1e-12)
+        if not (
+            recorded == replayed
+            or (
+                (isinstance(recorded, float) or isinstance(replayed, float))
+                and math.isclose(recorded, replayed, rel_tol=REL_TOLERANCE, abs_tol=1e-12)
+            )
         ):
-            return None
-        return Difference(path, recorded, replayed)
-    if type(recorded) is type(replayed) and recorded == replayed:
-        return None  # most requests replay exactly: one comparison at C speed
-    if isinstance(recorded, list) and isinstance(replayed, list):
+            yield Difference(path, recorded, replayed)
+    elif type(recorded) is type(replayed) and recorded == replayed:
+        return  # most requests replay exactly: one comparison at C speed
+    elif isinstance(recorded, list) and isinstance(replayed, list):
         for i, (a, b) in enumerate(zip(recorded, replayed, strict=False)):
-            if (found := first_difference(a, b, f"{path}[{i}]")) is not None:
-                return found
+            yield from differences(a, b, f"{path}[{i}]")
         if len(recorded) != len(replayed):
-            return Difference(f"{path} (length)", len(recorded), len(replayed))
-        return None
-    if isinstance(recorded, dict) and isinstance(replayed, dict):
+            yield Difference(f"{path} (length)", len(recorded), len(replayed))
+    elif isinstance(recorded, dict) and isinstance(replayed, dict):
         if recorded.get("$type") != replayed.get("$type"):
-            return Difference(path, recorded, replayed)
+            yield Difference(path, recorded, replayed)
+            return
         keys = [*recorded, *(k for k in replayed if k not in recorded)]
         for key in keys:
-            if key == "$type":
-                continue
-            a, b = recorded.get(key, ABSENT), replayed.get(key, ABSENT)
-            if (found := first_difference(a, b, _child_path(path, key))) is not None:
-                return found
-        return None
-    return Difference(path, recorded, replayed)
+            if key != "$type":
+                a, b = recorded.get(key, ABSENT), replayed.get(key, ABSENT)
+                yield from differences(a, b, _child_path(path, key))
+    else:
+        yield Difference(path, recorded, replayed)
+
+
+def request_changes(before: Sequence[Call], after: Sequence[Call]) -> list[str]:
+    """What a re-recording changed in the requests, one line per (call, field): how many calls
+    differ there and one example. Calls pair by position; list indices are folded into `[*]`,
+    so a field that changed in every Datum is one line."""
+    names = ([c.name for c in before], [c.name for c in after])
+    if [_generic(n) for n in names[0]] != [_generic(n) for n in names[1]]:
+        lines = [f"the calls differ: {len(before)} recorded before, {len(after)} now"]
+        for position, (old, new) in enumerate(zip(*names, strict=False)):
+            if _generic(old) != _generic(new):
+                return [*lines, f"  first at call {position}: {old} before, {new} now"]
+        return lines
+    changed: dict[tuple[str, str], list[Difference]] = {}
+    for old, new in zip(before, after, strict=True):
+        for difference in differences(old.request, new.request):
+            key = (_generic(new.name), re.sub(r"\[\d+\]", "[*]", difference.path))
+            changed.setdefault(key, []).append(difference)
+    return [
+        f"{name} {path or '(the request)'}: {len(found)} calls, e.g. before"
+        f" {show(found[0].recorded)}, now {show(found[0].replayed)}"
+        for (name, path), found in changed.items()
+    ]
+
+
+def _generic(name: str) -> str:
+    """A call's name without the index of its client (`sampling@7.sample` -> `sampling.sample`)."""
+    return re.sub(r"@\d+", "", name)
 
 
 def _child_path(path: str, key: str) -> str:
