@@ -251,9 +251,9 @@ def test_concurrent_samples_reach_the_engine_as_one_batch(sdk, local, monkeypatc
     batches: list[int] = []
     generate = local_engine.generate
 
-    def counting_generate(sampler, items):
+    def counting_generate(sampler, items, *args):
         batches.append(sum(len(samples) for _, samples in items))
-        return generate(sampler, items)
+        return generate(sampler, items, *args)
 
     monkeypatch.setattr(local_engine, "generate", counting_generate)
     remote, _ = trainers(sdk, local)

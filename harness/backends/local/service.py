@@ -2,6 +2,7 @@
 
 import random
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,6 +79,12 @@ def _location(meta: dict[str, Any]) -> str:
     return meta["model_dir"] if Path(meta["model_dir"]).is_dir() else meta["base_model"]
 
 
+def _close_all(engine: GenerationEngine, trainers: "weakref.WeakSet[LocalTrainingClient]") -> None:
+    engine.close()
+    for trainer in list(trainers):
+        trainer.close()
+
+
 class LocalServiceClient:
     """Offline twin of `tinker.ServiceClient`.
 
@@ -105,6 +112,9 @@ class LocalServiceClient:
         self._bases: dict[Path, PreTrainedModel] = {}
         self._tokenizers: dict[tuple[Path, str], Any] = {}
         self._load_lock = threading.Lock()
+        self._trainers: weakref.WeakSet[LocalTrainingClient] = weakref.WeakSet()
+        # Also at interpreter exit, for a client nobody closed.
+        weakref.finalize(self, _close_all, self._engine, self._trainers)
 
     def __enter__(self) -> "LocalServiceClient":
         return self
@@ -117,7 +127,8 @@ class LocalServiceClient:
         status: Literal["success", "errored", "interrupted"] = "success",
         detail: str | None = None,
     ) -> APIFuture[None]:
-        self._engine.close()
+        """Stop sampling and training: what is queued fails, what runs is waited for."""
+        _close_all(self._engine, self._trainers)
         return run_now(lambda: None)
 
     # -- models -------------------------------------------------------------------------------
@@ -164,7 +175,9 @@ class LocalServiceClient:
         if checkpoint is not None:
             load_weights(model, checkpoint)
         run_id = self.store.new_run_id()
-        return LocalTrainingClient(self, run_id, base_model, model_dir, model, spec)
+        client = LocalTrainingClient(self, run_id, base_model, model_dir, model, spec)
+        self._trainers.add(client)
+        return client
 
     def sampling_client_for(
         self, model: torch.nn.Module, base_model: str, model_dir: Path

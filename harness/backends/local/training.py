@@ -72,6 +72,11 @@ class LocalTrainingClient:
             model_name=base_model,
         )
 
+    def close(self) -> None:
+        """Cancel queued calls and wait for the one running: no thread of this client is in
+        torch afterwards (one still there when the interpreter exits aborts the process)."""
+        self._worker.shutdown(wait=True)
+
     @property
     def model(self) -> torch.nn.Module:
         """The model this client trains (for inspection; use the API to change it)."""
