@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import tyro
@@ -52,7 +55,10 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     logger = RunLogger(config, console)
     start = time.perf_counter()
     try:
-        with open_service_client(config, os.environ, reward_fn) as service_client:
+        with (
+            _interrupt_once(),
+            open_service_client(config, os.environ, reward_fn) as service_client,
+        ):
             result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
     except ReplayError as e:
         console.print(f"[bold red]replay error:[/] {e}", highlight=False)
@@ -68,6 +74,25 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         logger.close()
     print_summary(config, result, time.perf_counter() - start, console)
     return 0
+
+
+@contextlib.contextmanager
+def _interrupt_once() -> Iterator[None]:
+    """The first Ctrl-C stops the run; later ones are ignored from then on: the teardown
+    waits for the backend's request in flight, and a thread still in torch when the
+    interpreter exits aborts the process (exit 134 instead of 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    yield
+    signal.signal(signal.SIGINT, previous)  # not reached after a Ctrl-C: the process is leaving
 
 
 def warn_if_config_changed(config: Config, console: Console) -> None:
