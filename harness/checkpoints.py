@@ -9,8 +9,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import tinker
+
 from harness.data import BatchCursor
-from harness.jsonl import append_json_line, read_json_lines
+from harness.jsonl import append_json_line, numbered_json_lines
+
+FIELDS = ("step", "state_path", "sampler_path", "cursor", "seed")
+
+
+class RunStateError(ValueError):
+    """A run folder whose state cannot be resumed as it is; the message is one line and says
+    which file (and line) and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +56,44 @@ def save_checkpoint(
     return checkpoint
 
 
+def checkpoints(log_path: str | Path) -> list[Checkpoint]:
+    """The entries of the index, oldest first. A line a kill cut short is skipped; an entry
+    that reads as JSON but lacks a field is an error naming its line."""
+    path = index_path(log_path)
+    entries = []
+    for number, row in numbered_json_lines(path):
+        missing = [name for name in FIELDS if not isinstance(row, dict) or name not in row]
+        try:
+            if missing:
+                raise KeyError(", ".join(missing))
+            entries.append(_from_row(row))
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunStateError(
+                f"{path}:{number}: incomplete checkpoint entry ({e}); remove that line to"
+                " resume from the entry before it"
+            ) from None
+    return entries
+
+
 def last_checkpoint(log_path: str | Path) -> Checkpoint | None:
-    """The newest complete entry of the index, or None when there is none."""
-    rows = read_json_lines(index_path(log_path))
-    return _from_row(rows[-1]) if rows else None
+    """The newest entry of the index, or None when there is none."""
+    entries = checkpoints(log_path)
+    return entries[-1] if entries else None
+
+
+def unloadable(error: BaseException) -> bool:
+    """Whether loading a checkpoint failed because of the checkpoint (gone, expired, not a
+    checkpoint), not because of the service: then an older one may still load."""
+    if isinstance(error, FileNotFoundError | tinker.NotFoundError):
+        return True
+    return isinstance(error, tinker.RequestFailedError) and error.category == "user"
 
 
 def _from_row(row: dict) -> Checkpoint:
     return Checkpoint(
         step=int(row["step"]),
-        state_path=row["state_path"],
-        sampler_path=row["sampler_path"],
+        state_path=str(row["state_path"]),
+        sampler_path=str(row["sampler_path"]),
         cursor=BatchCursor(**row["cursor"]),
         seed=int(row["seed"]),
     )

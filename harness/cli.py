@@ -18,9 +18,18 @@ from rich.console import Console
 
 from harness.backends import open_service_client
 from harness.backends.replay import ReplayError, recorded_reward_fn
-from harness.config import Config, ConfigError, resolve_backend, validate
+from harness.checkpoints import RunStateError, checkpoints
+from harness.config import (
+    RESUMABLE_CHANGES,
+    Config,
+    ConfigError,
+    config_changes,
+    resolve_backend,
+    validate,
+)
 from harness.data import DatasetUnavailable, load_problems
 from harness.evaluation import RewardFn
+from harness.jsonl import write_atomically
 from harness.logger import RunLogger
 from harness.loop import RunResult, train
 
@@ -40,11 +49,11 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
             reward_fn = recorded_reward_fn(config.cassette)
         train_problems = load_problems(config.dataset, "train", config.dataset_path)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
-    except (ConfigError, DatasetUnavailable) as e:
+        check_resumed_config(config, console)
+    except (ConfigError, DatasetUnavailable, RunStateError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
 
-    warn_if_config_changed(config, console)
     backend = resolve_backend(config, os.environ)
     console.print(
         f"GRPO on {config.model_name} via the {backend} backend: {config.n_grpo_steps} steps of "
@@ -63,6 +72,9 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     except ReplayError as e:
         console.print(f"[bold red]replay error:[/] {e}", highlight=False)
         return 1
+    except RunStateError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
     except KeyboardInterrupt:
         console.print(
             "interrupted: rerun the same command to resume from the last checkpoint in "
@@ -95,21 +107,39 @@ def _interrupt_once() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)  # not reached after a Ctrl-C: the process is leaving
 
 
-def warn_if_config_changed(config: Config, console: Console) -> None:
-    """Keep the run's config beside its logs; say so when a resumed run changes it."""
+def check_resumed_config(config: Config, console: Console) -> None:
+    """Keep the run's config beside its logs. Resuming a run with another value of a flag
+    that changes what a step means is refused (ConfigError) with every such difference;
+    the flags that may change are listed in a note."""
     path = Path(config.log_path) / "config.json"
-    current = dataclasses.asdict(config)
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in current if previous.get(k) != current[k])
-        if changed:
+    if path.exists() and checkpoints(config.log_path):
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(previous, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"{path} is empty or not JSON ({e}): restore it, or delete it to resume with"
+                " the flags given now"
+            ) from None
+        changes = config_changes(previous, config)
+        refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+        if refused:
+            raise ConfigError(
+                f"{config.log_path} holds a run started with other values of flags that change"
+                " what a step means: "
+                + ", ".join(
+                    f"--{k} (was {was!r}, now {now!r})" for k, (was, now) in refused.items()
+                )
+                + "; rerun with the run's values, or pass a new --log_path"
+            )
+        if changes:
             console.print(
-                "[yellow]warning:[/] this log_path was started with other values of "
-                + ", ".join(f"--{k} (was {previous.get(k)!r})" for k in changed),
+                "note: resuming with "
+                + ", ".join(f"--{k}={now} (was {was!r})" for k, (was, now) in changes.items()),
                 highlight=False,
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    write_atomically(path, json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
 
 
 def print_summary(config: Config, result: RunResult, seconds: float, console: Console) -> None:

@@ -89,6 +89,40 @@ class Config:
     """With --backend=replay: sleep the recorded latencies, reproducing the run's timing."""
 
 
+# Flags a resumed run may change: how long it runs, how often it checkpoints and validates,
+# where it logs and records, and how it reaches the service. Every other flag changes what a
+# step means (the model, the data, the batch, the algorithm, the seed), so a run resumed
+# with another value would be neither the old run nor a new one.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "n_grpo_steps",
+        "save_every",
+        "eval_every",
+        "wandb_project",
+        "wandb_name",
+        "record_cassette",
+        "cassette",
+        "replay_realtime",
+        "backend",
+        "base_url",
+    }
+)
+
+
+def config_changes(
+    previous: Mapping[str, object], config: Config
+) -> dict[str, tuple[object, object]]:
+    """Flag -> (value the run was started with, value now), for each flag that differs. A
+    flag the earlier run did not know (an older harness) counts as having had its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    current = dataclasses.asdict(config)
+    return {
+        name: (previous.get(name, defaults[name]), value)
+        for name, value in current.items()
+        if previous.get(name, defaults[name]) != value
+    }
+
+
 def resolve_backend(config: Config, environ: Mapping[str, str]) -> str:
     """The backend `auto` stands for: Tinker when a key or a URL says so, else local."""
     if config.backend != "auto":

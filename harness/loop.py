@@ -22,7 +22,13 @@ import numpy as np
 import tinker
 import torch
 
-from harness.checkpoints import last_checkpoint, save_checkpoint
+from harness.checkpoints import (
+    RunStateError,
+    checkpoints,
+    index_path,
+    save_checkpoint,
+    unloadable,
+)
 from harness.config import Config
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
@@ -109,19 +115,34 @@ def train(
 def start_or_resume(
     service_client: Any, config: Config, logger: RunLogger
 ) -> tuple[Any, int, BatchCursor]:
-    """A fresh LoRA training client, or the one the last checkpoint saved, with its optimizer."""
-    checkpoint = last_checkpoint(config.log_path)
-    if checkpoint is None:
+    """A fresh LoRA training client, or the newest checkpoint that still loads, with its
+    optimizer. Rows logged after that checkpoint are dropped only once it has loaded."""
+    saved = checkpoints(config.log_path)
+    if not saved:
         logger.drop_rows_from(0)
         training_client = service_client.create_lora_training_client(
             base_model=config.model_name, rank=config.lora_rank, seed=config.seed
         ).result()
         return training_client, 0, BatchCursor()
-    logger.drop_rows_from(checkpoint.step)
-    training_client = service_client.create_training_client_from_state_with_optimizer(
-        checkpoint.state_path
-    ).result()
-    return training_client, checkpoint.step, checkpoint.cursor
+    for checkpoint in reversed(saved):
+        try:
+            training_client = service_client.create_training_client_from_state_with_optimizer(
+                checkpoint.state_path
+            ).result()
+        except Exception as error:
+            if not unloadable(error):
+                raise
+            logger.warn(
+                f"the checkpoint of step {checkpoint.step} ({checkpoint.state_path}) does not"
+                f" load ({error}); trying the one before it"
+            )
+            continue
+        logger.drop_rows_from(checkpoint.step)
+        return training_client, checkpoint.step, checkpoint.cursor
+    raise RunStateError(
+        f"none of the {len(saved)} checkpoints in {index_path(config.log_path)} loads (expired"
+        " or deleted); move that folder's checkpoints/ away to start the run over"
+    )
 
 
 def grpo_step(

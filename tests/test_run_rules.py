@@ -20,10 +20,14 @@ from harness.backends.local import LocalServiceClient
 from harness.cli import parse_config
 from harness.data import BatchCursor, load_gsm8k, next_batch
 from harness.grpo import compute_group_normalized_rewards, group_normalized_advantages
-from harness.logger import RunLogger
-from harness.loop import rollout_params, train
+from harness.loop import rollout_params
 from harness.rollouts import request_seed, stop_sequences
-from tests.support.scripted_backend import Call, ScriptedService, member_number, number_reward
+from tests.support.scripted_backend import (
+    Call,
+    ScriptedService,
+    member_number,
+    scripted_run,
+)
 from tests.support.serve import MODEL
 
 GROUP_SIZE = 4
@@ -49,12 +53,8 @@ def run(problems, gsm8k_dir, tmp_path):
 
     def run_with(*flags: str, log_path: Path | None = None, states=None) -> ScriptedService:
         log_path = log_path or tmp_path / "run"
-        config = parse_config(
-            [*FLAGS, f"--dataset_path={gsm8k_dir}", f"--log_path={log_path}", *flags]
-        )
-        service = ScriptedService(states)
-        train(config, service, *problems, RunLogger(config), reward_fn=number_reward)
-        return service
+        flags = [*FLAGS, f"--dataset_path={gsm8k_dir}", f"--log_path={log_path}", *flags]
+        return scripted_run(flags, problems, states)[0]
 
     return run_with
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -19,6 +20,10 @@ from tinker import types
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 from transformers import AutoTokenizer
 
+from harness.cli import parse_config
+from harness.data import Problem
+from harness.logger import RunLogger
+from harness.loop import RunResult, train
 from tests.support.serve import MODEL
 
 
@@ -127,8 +132,21 @@ class ScriptedService:
 
     def create_training_client_from_state_with_optimizer(self, path, **kwargs):
         self.record("service", "create_training_client_from_state_with_optimizer", path=path)
+        if path not in self.states:
+            raise FileNotFoundError(f"no checkpoint at {path}")
         name = f"training@{next(self.trainers)}"
         return done(ScriptedTraining(self, name, optim_steps=self.states[path]))
 
     def of(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
+
+
+def scripted_run(
+    flags: Sequence[str], problems: tuple[list[Problem], list[Problem]], states=None
+) -> tuple[ScriptedService, RunResult]:
+    """A run of the training script's `flags` on a new scripted service (resuming from
+    `states`, those of an earlier one), rewarded by `number_reward`."""
+    config = parse_config(list(flags))
+    service = ScriptedService(states)
+    result = train(config, service, *problems, RunLogger(config), reward_fn=number_reward)
+    return service, result
