@@ -19,8 +19,10 @@ MODEL = str(REPO / TINY_MODEL)
 KEY = "tml-test-7f3c9b1e2d"
 
 
-def start_server(storage_dir: Path, limits: Limits | None = None) -> LocalTinkerServer:
-    return LocalTinkerServer([MODEL], storage_dir, api_key=KEY, seed=0, limits=limits).start()
+def start_server(storage_dir: Path, limits: Limits | None = None, **options) -> LocalTinkerServer:
+    return LocalTinkerServer(
+        [MODEL], storage_dir, api_key=KEY, seed=0, limits=limits, **options
+    ).start()
 
 
 def sdk_client(server: LocalTinkerServer) -> tinker.ServiceClient:
