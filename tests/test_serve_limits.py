@@ -17,7 +17,7 @@ from tinker import types
 
 from harness.serve import Limits, LocalTinkerServer
 from harness.serve.__main__ import main as serve_main
-from tests.support.serve import KEY, MODEL, REPO, sdk_client, start_server
+from tests.support.serve import KEY, MODEL, REPO, sdk_session, serving
 
 TIMEOUT_S = 30
 LIMITS = Limits(max_datums=2, max_request_tokens=12, max_num_samples=3, max_sample_tokens=16)
@@ -41,18 +41,14 @@ def storage(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(storage):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TINKER_TELEMETRY", "0")
-        server = start_server(storage, LIMITS)
+    with serving(storage, LIMITS) as server:
         yield server
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def sdk(server):
-    client = sdk_client(server)
-    yield client
-    client.close("success").result(timeout=TIMEOUT_S)
+    with sdk_session(server) as client:
+        yield client
 
 
 def post(server, endpoint: str, content, **headers) -> httpx.Response:

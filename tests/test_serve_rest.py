@@ -11,7 +11,7 @@ import pytest
 import tinker
 from tinker import types
 
-from tests.support.serve import KEY, MODEL, sdk_client, start_server
+from tests.support.serve import KEY, MODEL, sdk_session, serving
 
 TIMEOUT_S = 30
 HOUR = 3600
@@ -39,18 +39,14 @@ def storage(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(storage, clock):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TINKER_TELEMETRY", "0")
-        server = start_server(storage, clock=clock)
+    with serving(storage, clock=clock) as server:
         yield server
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def sdk(server):
-    client = sdk_client(server)
-    yield client
-    client.close("success").result(timeout=TIMEOUT_S)
+    with sdk_session(server) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
