@@ -61,9 +61,9 @@ def _kib(pid: int, field: str) -> int:
 
 
 def _start(storage: Path) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "harness.serve", "--model=fixtures/tiny-qwen3"]
     child = subprocess.Popen(
-        [sys.executable, "-m", "harness.serve", "--model=fixtures/tiny-qwen3", "--port=0"]
-        + [f"--storage_dir={storage}", "--log_level=warning"],
+        [*command, "--port=0", f"--storage_dir={storage}", "--log_level=warning"],
         cwd=REPO_ROOT,
         env={**os.environ, "TINKER_API_KEY": KEY},
         stderr=subprocess.PIPE,
@@ -98,8 +98,7 @@ def measure(args: Args) -> list[tuple[str, int, int, str]]:
                     answer = httpx.post(
                         f"{base_url}/api/v1/{endpoint}",
                         content=content,
-                        headers={"X-API-Key": KEY, "content-type": "application/json"}
-                        | headers,
+                        headers={"X-API-Key": KEY, "content-type": "application/json"} | headers,
                         timeout=120,
                     )
                     status, message = answer.status_code, answer.json()["detail"]

@@ -1,10 +1,11 @@
 """The HTTP face of `ServerState`: Tinker's `/api/v1` endpoints as the SDK 0.38 calls them.
 
-Bodies are JSON except `forward_backward`'s (protobuf, maybe zstd-compressed); results of
-`forward_backward` and `asample` go back as protobuf, the rest as JSON. A refused request
-answers `{"detail": message}` with a status the SDK does not retry (400, 401, 404, 410, 415),
-so a mistake surfaces as the SDK's own error type at once. An endpoint the server lacks answers
-404 naming it.
+Bodies are JSON except `forward_backward`'s (protobuf, maybe zstd-compressed), each read within
+the state's `Limits` (`bodies`); results of `forward_backward` and `asample` go back as
+protobuf, the rest as JSON. A refused request answers `{"detail": message}` with a status the
+SDK does not retry (400, 401, 404, 410, 413, 415), so a mistake surfaces as the SDK's own error
+type at once. The `training_runs` and `checkpoints` endpoints are `tinker.RestClient`'s. An
+endpoint the server lacks answers 404 naming it.
 """
 
 from __future__ import annotations
