@@ -140,6 +140,10 @@ def test_requests_beyond_the_per_request_bounds_fail_with_the_bound(sdk):
     assert "num_samples=4 exceeds this server's limit of 3" in user_error(
         sampler.sample(prompt, 4, types.SamplingParams(max_tokens=4))
     )
+    # Far beyond the bound: refused without the server making an id per sample (10^9 of them).
+    assert "num_samples=1,000,000,000 exceeds" in user_error(
+        sampler.sample(prompt, 10**9, types.SamplingParams(max_tokens=4))
+    )
     assert "max_tokens=17 exceeds this server's limit of 16" in user_error(
         sampler.sample(prompt, 1, types.SamplingParams(max_tokens=17))
     )

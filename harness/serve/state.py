@@ -438,10 +438,13 @@ class ServerState:
         sampler = self.sampler(request.sampling_session_id)
         request_id = self.futures.open()
         prefix = f"{sampler.sampler_id}:{request.seq_id}"
+        # Judged now, so a huge num_samples never becomes a list of ids; failed in its turn.
+        refusal = sample_size_refusal(request, self.limits)
 
         def start() -> None:
             try:
-                check_sample_size(request, self.limits)
+                if refusal is not None:
+                    raise ValueError(refusal)
                 future = sampler.client.sample(
                     request.prompt,
                     request.num_samples,
@@ -459,6 +462,8 @@ class ServerState:
                 self._follow(request_id, future.future(), _result_payload)
 
         self._batcher.submit(sampler.order, request.seq_id, start)
+        if refusal is not None:  # the request fails, so the SDK never reads its ids
+            return request_id, []
         return request_id, [f"{prefix}:{i}" for i in range(request.num_samples)]
 
     # -- training runs and checkpoints: the RestClient's calls --------------------------------
@@ -565,19 +570,20 @@ def check_forward_backward_size(message: Any, limits: Limits) -> None:
         )
 
 
-def check_sample_size(request: types.SampleRequest, limits: Limits) -> None:
-    """A ValueError if a sampling request asks for more than `limits` allow."""
+def sample_size_refusal(request: types.SampleRequest, limits: Limits) -> str | None:
+    """Why a sampling request asks for more than `limits` allow, or None."""
     if request.num_samples > limits.max_num_samples:
-        raise ValueError(
+        return (
             f"num_samples={request.num_samples:,} exceeds this server's limit of"
             f" {limits.max_num_samples:,} per request (send several requests)"
         )
     max_tokens = request.sampling_params.max_tokens
     if max_tokens is not None and max_tokens > limits.max_sample_tokens:
-        raise ValueError(
+        return (
             f"sampling_params.max_tokens={max_tokens:,} exceeds this server's limit of"
             f" {limits.max_sample_tokens:,}"
         )
+    return None
 
 
 def failure(error: BaseException) -> Failure:
