@@ -199,7 +199,7 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
     async def set_checkpoint_ttl(run_id: str, checkpoint_id: str, request: Request) -> Response:
         body = await _json(request, state.limits)
         ttl = body.get("ttl_seconds")
-        if ttl is not None and not isinstance(ttl, int):
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
             raise HttpError(400, f"ttl_seconds must be an integer or null, got {ttl!r}")
         state.set_checkpoint_ttl(run_id, checkpoint_id, ttl)
         return JSONResponse({})

@@ -1,8 +1,10 @@
 """`tinker://<run_id>/<kind>/<name>` paths <-> checkpoint directories under a storage root.
 
 Everything lives under one root, so a run can keep its checkpoints in its own log folder and a
-new process with the same root resolves every path it was handed. Paths inside a checkpoint's
-metadata are relative to the root, so the root can move. A checkpoint saved with `ttl_seconds`
+new process with the same root resolves every path it was handed. The base model's directory in
+a checkpoint's metadata is relative to the root, so metadata names no absolute directory of the
+machine that saved it (where that directory is gone, loading falls back to the base model's
+name). A checkpoint saved with `ttl_seconds`
 expires that long after it was saved, on the store's wall clock (injected): from then on it is
 gone, deleted the first time anything looks for it.
 """
