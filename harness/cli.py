@@ -14,8 +14,7 @@ import tyro
 from rich.console import Console
 
 from harness.backends import open_service_client, scores_hook
-from harness.backends.cassette import read_header
-from harness.backends.replay import ReplayError, recorded_reward_fn
+from harness.backends.replay import ReplayError, recorded_header, recorded_reward_fn
 from harness.config import Config, ConfigError, resolve_backend, validate
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
 from harness.evaluation import RewardFn
@@ -50,7 +49,7 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         warnings = preflight(functions, config, first_ground_truths(config, train_problems))
         if config.backend == "replay":
             warnings += changed_since_recording(
-                functions, read_header(config.cassette).get("plugged") or {}
+                functions, recorded_header(config.cassette).get("plugged") or {}
             )
     except (ConfigError, DatasetUnavailable) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)

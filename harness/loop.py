@@ -57,7 +57,8 @@ ScoresHook = Callable[[int, np.ndarray, np.ndarray], None]
 
 @dataclasses.dataclass(frozen=True)
 class StepFunctions:
-    """What scores rollouts, turns rewards into advantages, and sees each step's of both."""
+    """What scores rollouts (training, validation), turns rewards into advantages, and is
+    shown each step's rewards and advantages."""
 
     reward_fn: RewardFn
     eval_reward_fn: RewardFn

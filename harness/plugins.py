@@ -108,9 +108,9 @@ def load_function(flag: str, spec: str, default_attribute: str | None = None) ->
             path = Path(location)
             if not path.is_file():
                 raise PluginError(f"{flag}={spec}: no such file {location}")
-            module = _import_file(path.resolve())
+            module, root = _import_file(path.resolve())
         else:
-            module = import_module(location)
+            module, root = import_module(location), None
     except PluginError:
         raise
     except Exception as error:  # the user's module failing as it imports
@@ -121,7 +121,8 @@ def load_function(flag: str, spec: str, default_attribute: str | None = None) ->
     if not callable(function):
         raise PluginError(f"{flag}={spec}: {location} has no function {attribute}")
     name = f"{location}:{attribute}"
-    sources = _sources(function, module, [sys.modules[m] for m in set(sys.modules) - before])
+    imported = [sys.modules[m] for m in set(sys.modules) - before]
+    sources = _sources(function, module, root, imported)
     return Plugged(f"{flag}={spec}", function, name, sources, _digest(sources))
 
 
@@ -137,15 +138,16 @@ def import_module(name: str) -> Any:
         return importlib.import_module(name)
 
 
-def _import_file(path: Path) -> Any:
-    """The file as a module of its packages, as `from tests.adapters import ...` would give it."""
+def _import_file(path: Path) -> tuple[Any, Path]:
+    """The file as a module of its packages, as `from tests.adapters import ...` would give it,
+    and the folder above those packages it was imported from."""
     parts = [path.stem]
     root = path.parent
     while (root / "__init__.py").is_file():
         parts.insert(0, root.name)
         root = root.parent
     with _importable_from(root, parts[0]):
-        return importlib.import_module(".".join(parts))
+        return importlib.import_module(".".join(parts)), root
 
 
 @contextlib.contextmanager
@@ -186,12 +188,12 @@ def _comes_from(module: Any, location: Path) -> bool:
     )
 
 
-def _sources(function: Any, module: Any, imported: Sequence[Any]) -> tuple[str, ...]:
-    """The function's file, its module's, and the files its import loaded from the same tree
+def _sources(
+    function: Any, module: Any, root: Path | None, imported: Sequence[Any]
+) -> tuple[str, ...]:
+    """The function's file, its module's, and the files its import loaded from beneath `root`
     (a student's package beside `tests/`), as paths relative to the working directory."""
     files = [inspect.getsourcefile(function) or "", getattr(module, "__file__", None) or ""]
-    module_file = Path(files[1]).resolve() if files[1] else None
-    root = module_file.parent.parent if module_file else None
     for other in sorted(imported, key=lambda m: m.__name__):
         other_file = getattr(other, "__file__", None)
         if other_file and root and Path(other_file).resolve().is_relative_to(root):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,13 @@ import pytest
 from harness.backends.cassette import read_cassette
 from harness.cli import main
 from harness.jsonl import read_json_lines
+from tests.support.adapters import ADAPTER, POPULATION_STD, adapters_file, formula_adapters
 from tests.support.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
 
 REPO = Path(__file__).resolve().parent.parent
 STUDENT = REPO / "examples" / "cs336_student"
 GRADER = STUDENT / "cs336_alignment" / "drgrpo_grader.py"
-ADAPTER = "run_compute_group_normalized_rewards"
 SMALL = [
     "--backend=local",
     f"--model_name={REPO / 'fixtures' / 'tiny-qwen3'}",
@@ -42,27 +41,6 @@ ARITH = [
     "--eval_n=8",
     "--learning_rate=1e-3",
 ]
-
-
-def adapters_file(folder: Path, body: str) -> Path:
-    (folder / "tests").mkdir(parents=True)
-    (folder / "tests" / "__init__.py").write_text("")
-    path = folder / "tests" / "adapters.py"
-    path.write_text("import torch\n\n\n" + textwrap.dedent(body))
-    return path
-
-
-def population_std_adapters(folder: Path) -> Path:
-    return adapters_file(
-        folder,
-        f"""
-        def {ADAPTER}(reward_fn, responses, truths, group_size, eps, normalize_by_std):
-            raw = torch.tensor([reward_fn(r, t)["reward"] for r, t in zip(responses, truths)])
-            g = raw.view(-1, group_size)
-            a = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, correction=0) + eps)
-            return a.flatten(), raw, {{}}
-        """,
-    )
 
 
 def requests(cassette: Path) -> list[tuple]:
@@ -116,7 +94,7 @@ def test_a_replay_with_other_advantages_names_the_first_step_that_differs(
         "--backend=replay",
         f"--cassette={cassette}",
         f"--log_path={tmp_path / 'replay'}",
-        f"--adapters={population_std_adapters(tmp_path / 'student')}",
+        f"--adapters={formula_adapters(tmp_path / 'student', POPULATION_STD)}",
     ]
     assert main(flags) == 1
     err = capsys.readouterr().err
@@ -146,7 +124,7 @@ def test_a_replay_with_another_reward_names_the_first_step_whose_rewards_differ(
 
 
 def test_a_wrong_adapters_file_is_warned_about_before_training(tmp_path, capsys):
-    adapters = population_std_adapters(tmp_path / "student")
+    adapters = formula_adapters(tmp_path / "student", POPULATION_STD)
     flags = [*SMALL, "--n_grpo_steps=1", f"--adapters={adapters}", f"--log_path={tmp_path / 'r'}"]
     assert main(flags, reward_fn=varied_reward) == 0
     err = capsys.readouterr().err

@@ -23,21 +23,13 @@ from harness.plugins import (
     probe_responses,
     probe_rewards,
 )
+from tests.support.adapters import POPULATION_STD, adapters_file, formula_adapters
 
 REPO = Path(__file__).resolve().parent.parent
 STUDENT = REPO / "examples" / "cs336_student"
 ADAPTERS = STUDENT / "tests" / "adapters.py"
 GRADER = STUDENT / "cs336_alignment" / "drgrpo_grader.py"
 TRUTHS = [p.ground_truth for p in load_gsm8k("train", REPO / "fixtures" / "gsm8k")[:4]]
-
-
-def adapters_file(folder: Path, body: str) -> Path:
-    """A CS336-style tests/adapters.py (a package) holding `body`."""
-    (folder / "tests").mkdir(parents=True)
-    (folder / "tests" / "__init__.py").write_text("")
-    path = folder / "tests" / "adapters.py"
-    path.write_text("import torch\n\n\n" + textwrap.dedent(body))
-    return path
 
 
 def load_adapters(path: Path):
@@ -112,7 +104,7 @@ def test_the_students_own_implementation_and_a_reexport_pass_without_a_warning(t
 
 WRONG = {
     "population std": (
-        "(g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, correction=0) + eps)",
+        POPULATION_STD,
         True,
         "group 0 (rewards [0, 1]): yours [-1, 1], the harness's [-0.7071, 0.7071]",
     ),
@@ -138,15 +130,7 @@ WRONG = {
 @pytest.mark.parametrize("mistake", list(WRONG))
 def test_a_wrong_implementation_is_warned_about_naming_the_group_and_both_values(mistake, tmp_path):
     formula, normalize, expected = WRONG[mistake]
-    path = adapters_file(
-        tmp_path,
-        f"""
-        def {ADAPTER_FUNCTION}(reward_fn, responses, truths, group_size, eps, normalize_by_std):
-            raw = torch.tensor([reward_fn(r, t)["reward"] for r, t in zip(responses, truths)])
-            g = raw.view(-1, group_size)
-            return ({formula}).flatten(), raw, {{}}
-        """,
-    )
+    path = formula_adapters(tmp_path, formula)
     warnings = check_advantages(load_adapters(path), 2, 1e-6, normalize)
     assert warnings, mistake
     assert warnings[0].startswith(f"--adapters={path}: {ADAPTER_FUNCTION} with normalize_by_std=")

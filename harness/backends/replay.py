@@ -350,12 +350,17 @@ def _first_differing_row(recorded: Any, replayed: np.ndarray) -> int | None:
     return None if same_P.all() else int(np.argmin(same_P))
 
 
-def recorded_reward_fn(cassette: str | Path) -> Callable[[str, str], dict[str, float]] | None:
-    """The reward function the cassette's run trained with, when not the task's own."""
+def recorded_header(cassette: str | Path) -> dict[str, Any]:
+    """The cassette's header; ConfigError (one line) for a file that is not a cassette."""
     try:
-        name = read_header(cassette).get("reward")
+        return read_header(cassette)
     except CassetteError as error:
         raise ConfigError(f"--cassette: {error}") from None
+
+
+def recorded_reward_fn(cassette: str | Path) -> Callable[[str, str], dict[str, float]] | None:
+    """The reward function the cassette's run trained with, when not the task's own."""
+    name = recorded_header(cassette).get("reward")
     if name is None:
         return None
     module_name, _, qualname = name.partition(":")
