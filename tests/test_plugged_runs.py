@@ -193,3 +193,24 @@ def test_a_reward_with_the_wrong_keys_is_one_line_before_any_work(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith(f"error: --reward_fn={reward}:reward: reward returned the keys ['score']")
     assert err.count("\n") == 1 and "Traceback" not in err and not log_path.exists()
+
+
+def test_an_adapter_failing_on_real_data_stops_the_run_at_that_step_in_one_line(tmp_path, capsys):
+    adapters = adapters_file(
+        tmp_path / "student",
+        f"""
+        def {ADAPTER}(reward_fn, responses, truths, group_size, eps, normalize_by_std):
+            if not responses[0].startswith("probe"):
+                raise ValueError("only probes")
+            from harness.grpo import compute_group_normalized_rewards
+
+            return compute_group_normalized_rewards(
+                reward_fn, responses, truths, group_size, eps, normalize_by_std
+            )
+        """,
+    )
+    flags = [*SMALL, f"--adapters={adapters}", f"--log_path={tmp_path / 'run'}"]
+    assert main(flags, reward_fn=varied_reward) == 1
+    err = capsys.readouterr().err
+    assert f"error: --adapters={adapters}: {ADAPTER} raised ValueError: only probes at" in err
+    assert "Traceback" not in err and "step    0/2" not in err  # step 0 never finished
