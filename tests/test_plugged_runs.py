@@ -85,6 +85,18 @@ def test_an_adapters_file_reexporting_the_harness_runs_exactly_as_without_it(
         assert (plugged.scores[step][1] == advantages).all()
 
 
+def test_a_replay_with_the_recorded_adapters_replays_to_the_same_metrics(
+    with_and_without_reexport, tmp_path, capsys
+):
+    log_path, cassette = with_and_without_reexport["adapters"]
+    adapters = read_cassette(cassette).config["adapters"]
+    flags = [*SMALL[1:], "--backend=replay", f"--cassette={cassette}", f"--adapters={adapters}"]
+    assert main([*flags, f"--log_path={tmp_path / 'replay'}"], reward_fn=varied_reward) == 0
+    assert "warning" not in capsys.readouterr().err  # the same sources: no digest warning
+    replayed = read_json_lines(tmp_path / "replay" / "metrics.jsonl")
+    assert without_timings(replayed) == without_timings(read_json_lines(log_path / "metrics.jsonl"))
+
+
 def test_a_replay_with_other_advantages_names_the_first_step_that_differs(
     with_and_without_reexport, tmp_path, capsys
 ):
