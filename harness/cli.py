@@ -16,8 +16,8 @@ from pathlib import Path
 import tyro
 from rich.console import Console
 
-from harness.backends import open_service_client
-from harness.backends.replay import ReplayError, recorded_reward_fn
+from harness.backends import open_service_client, scores_hook
+from harness.backends.replay import ReplayError, recorded_header, recorded_reward_fn
 from harness.checkpoints import RunStateError, checkpoints
 from harness.config import (
     RESUMABLE_CHANGES,
@@ -27,11 +27,18 @@ from harness.config import (
     resolve_backend,
     validate,
 )
-from harness.data import DatasetUnavailable, load_problems
+from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
 from harness.evaluation import RewardFn
 from harness.jsonl import write_atomically
 from harness.logger import RunLogger
 from harness.loop import RunResult, train
+from harness.plugins import (
+    PluginError,
+    RunFunctions,
+    changed_since_recording,
+    load_run_functions,
+    preflight,
+)
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -50,9 +57,19 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         train_problems = load_problems(config.dataset, "train", config.dataset_path)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
         check_resumed_config(config, console)
+        functions = load_run_functions(config)
+        # Before any client exists: a plugged function that cannot run costs nothing.
+        warnings = preflight(functions, config, first_ground_truths(config, train_problems))
+        if config.backend == "replay":
+            warnings += changed_since_recording(
+                functions, recorded_header(config.cassette).get("plugged") or {}
+            )
     except (ConfigError, DatasetUnavailable, RunStateError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    save_config(config)  # only now: a run refused above leaves its folder as it was
 
     backend = resolve_backend(config, os.environ)
     console.print(
@@ -61,16 +78,28 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         f"{config.log_path}",
         highlight=False,
     )
+    console.print(describe_functions(functions, reward_fn), highlight=False)
     logger = RunLogger(config, console)
     start = time.perf_counter()
     try:
         with (
             _interrupt_once(),
-            open_service_client(config, os.environ, reward_fn) as service_client,
+            open_service_client(
+                config, os.environ, reward_fn, plugged=functions.header()
+            ) as service_client,
         ):
-            result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
+            result = train(
+                config, service_client, train_problems, test_problems, logger,
+                functions.training_reward() or reward_fn,
+                eval_reward_fn=functions.validation_reward(),
+                advantages_fn=functions.advantages(),
+                on_scores=scores_hook(service_client),
+            )  # fmt: skip
     except ReplayError as e:
         console.print(f"[bold red]replay error:[/] {e}", highlight=False)
+        return 1
+    except PluginError as e:  # a plugged function that passed the probe fails on real data
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 1
     except RunStateError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
@@ -107,10 +136,29 @@ def _interrupt_once() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)  # not reached after a Ctrl-C: the process is leaving
 
 
+def first_ground_truths(config: Config, train_problems: Sequence[Problem]) -> list[str]:
+    """The ground truths of the first batch's first questions, for probing rewards."""
+    indices, _ = next_batch(
+        BatchCursor(), len(train_problems), config.rollout_batch_size, config.seed
+    )
+    return [train_problems[i].ground_truth for i in indices[:4]]
+
+
+def describe_functions(functions: RunFunctions, reward_fn: RewardFn | None) -> str:
+    """Which reward each metric comes from, and what computes the advantages."""
+    task = "the task's gsm8k_reward_fn"
+    seam = getattr(reward_fn, "__qualname__", None)
+    training = functions.reward_fn.name if functions.reward_fn else seam or task
+    validation = functions.eval_reward_fn.name if functions.eval_reward_fn else task
+    advantages = (
+        functions.adapters.name if functions.adapters else "harness.grpo"
+    ) + " (the loss stays Tinker's ppo)"
+    return f"  reward/* from {training}; val/* from {validation}; advantages from {advantages}"
+
+
 def check_resumed_config(config: Config, console: Console) -> None:
-    """Keep the run's config beside its logs. Resuming a run with another value of a flag
-    that changes what a step means is refused (ConfigError) with every such difference;
-    the flags that may change are listed in a note."""
+    """Resuming a run with another value of a flag that changes what a step means is refused
+    (ConfigError) with every such difference; the flags that may change are noted."""
     path = Path(config.log_path) / "config.json"
     if path.exists() and checkpoints(config.log_path):
         try:
@@ -139,7 +187,13 @@ def check_resumed_config(config: Config, console: Console) -> None:
                 + ", ".join(f"--{k}={now} (was {was!r})" for k, (was, now) in changes.items()),
                 highlight=False,
             )
-    write_atomically(path, json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
+
+
+def save_config(config: Config) -> None:
+    write_atomically(
+        Path(config.log_path) / "config.json",
+        json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n",
+    )
 
 
 def print_summary(config: Config, result: RunResult, seconds: float, console: Console) -> None:

@@ -80,6 +80,19 @@ class Config:
     wandb_name: str | None = None
     """Weights & Biases run name."""
 
+    # The student's own code (CS336 assignment 5).
+    adapters: str | None = None
+    """Advantages from a CS336 tests/adapters.py (its run_compute_group_normalized_rewards), or
+    from module:function / PATH.py:function of compute_group_normalized_rewards's signature.
+    Checked on a probe batch against the harness's before any paid call. The loss stays
+    Tinker's ppo (GRPO-Clip), whatever the adapters file says."""
+    reward_fn: str | None = None
+    """Training reward, module:function or PATH.py:function: (response, ground_truth) -> dict
+    with reward, format_reward, answer_reward (e.g. CS336's r1_zero_reward_fn); default: the
+    task's gsm8k_reward_fn. ground_truth is the final answer, e.g. '72'."""
+    eval_reward_fn: str | None = None
+    """Validation reward (val/*), same form; default: the task's, whatever --reward_fn says."""
+
     # Recording and replay.
     record_cassette: str | None = None
     """Record every client call of the run (request, response, latency) to this JSONL file."""

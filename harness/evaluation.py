@@ -50,7 +50,7 @@ def evaluate(
     for problem, response in zip(problems, responses, strict=True):
         sequence = response.sequences[0]
         text = tokenizer.decode(sequence.tokens, skip_special_tokens=True)
-        reward = reward_fn(text, problem.answer)
+        reward = reward_fn(text, problem.ground_truth)
         records.append(
             {
                 "question": problem.question,

@@ -4,7 +4,7 @@ Each step:
   1. save the current weights and get a fresh sampling client,
   2. sample `group_size` responses for each question of the batch, all requests in flight,
   3. score every response,
-  4. group-normalise rewards into advantages,
+  4. group-normalise rewards into advantages (the harness's function, or a student's),
   5. build one Datum per response of a group with reward variance,
   6. forward_backward with the ppo loss and optim_step, submitted back to back,
   7. log; checkpoint every `save_every` steps; validate every `eval_every` steps.
@@ -15,7 +15,7 @@ The loop never knows which backend it talks to: the service client is injected.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,9 +33,10 @@ from harness.config import Config
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
 from harness.evaluation import RewardFn, evaluate, validation_subset
-from harness.grpo import constant_groups, group_normalized_advantages
+from harness.grpo import compute_group_normalized_rewards, constant_groups
 from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
+from harness.plugins import AdvantagesFn, checked_advantages
 from harness.prompts import format_prompt
 from harness.rewards import make_reward_fn
 from harness.rollouts import (
@@ -57,6 +58,20 @@ TIME_KEYS = (
 )
 
 
+ScoresHook = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+    """What scores rollouts (training, validation), turns rewards into advantages, and is
+    shown each step's rewards and advantages."""
+
+    reward_fn: RewardFn
+    eval_reward_fn: RewardFn
+    advantages_fn: AdvantagesFn
+    on_scores: ScoresHook | None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunResult:
     steps_run: int
@@ -70,6 +85,8 @@ class Scored:
 
     tokens_P_G: list[list[np.ndarray]]
     logprobs_P_G: list[list[np.ndarray]]
+    texts_P_G: list[list[str]]
+    scores_P_G: list[list[dict[str, float]]]
     rewards_P_G: np.ndarray
     format_P_G: np.ndarray
     answer_P_G: np.ndarray
@@ -83,9 +100,23 @@ def train(
     test_problems: Sequence[Problem],
     logger: RunLogger,
     reward_fn: RewardFn | None = None,
+    *,
+    eval_reward_fn: RewardFn | None = None,
+    advantages_fn: AdvantagesFn = compute_group_normalized_rewards,
+    on_scores: ScoresHook | None = None,
 ) -> RunResult:
-    """Run (or resume) GRPO until `n_grpo_steps` steps are done; validate at the end."""
-    reward_fn = reward_fn or make_reward_fn(config.use_r1_zero_format)
+    """Run (or resume) GRPO until `n_grpo_steps` steps are done; validate at the end.
+
+    `reward_fn` scores training rollouts and `eval_reward_fn` validation (each the task's
+    reward by default); `advantages_fn` has `compute_group_normalized_rewards`'s signature;
+    `on_scores(step, rewards_P_G, advantages_P_G)` sees each step's (a recording keeps them).
+    """
+    functions = StepFunctions(
+        reward_fn=reward_fn or make_reward_fn(config.use_r1_zero_format),
+        eval_reward_fn=eval_reward_fn or make_reward_fn(config.use_r1_zero_format),
+        advantages_fn=advantages_fn,
+        on_scores=on_scores,
+    )
     training_client, start_step, cursor = start_or_resume(service_client, config, logger)
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
@@ -97,7 +128,7 @@ def train(
         )
         problems_P = [train_problems[i] for i in batch_indices]
         row = grpo_step(
-            step, config, training_client, tokenizer, problems_P, reward_fn, logger,
+            step, config, training_client, tokenizer, problems_P, functions, logger,
             val_problems=val_problems if step % config.eval_every == 0 else None,
         )  # fmt: skip
         logger.log(row)
@@ -105,7 +136,9 @@ def train(
         if done % config.save_every == 0 or done == config.n_grpo_steps:
             save_checkpoint(training_client, config.log_path, done, cursor, config.seed)
 
-    final_row = final_validation(config, training_client, tokenizer, val_problems, logger)
+    final_row = final_validation(
+        config, training_client, tokenizer, val_problems, functions.eval_reward_fn, logger
+    )
     logger.log(final_row)
     return RunResult(
         steps_run=config.n_grpo_steps - start_step, resumed_from=start_step, final_metrics=final_row
@@ -151,7 +184,7 @@ def grpo_step(
     training_client: Any,
     tokenizer: Any,
     problems_P: Sequence[Problem],
-    reward_fn: RewardFn,
+    functions: StepFunctions,
     logger: RunLogger,
     val_problems: Sequence[Problem] | None,
 ) -> dict[str, float]:
@@ -161,7 +194,10 @@ def grpo_step(
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
     if val_problems is not None:
         with timer("time/validation"):
-            metrics |= validate(step, config, sampling_client, tokenizer, val_problems, logger)
+            metrics |= validate(
+                step, config, sampling_client, tokenizer, val_problems,
+                functions.eval_reward_fn, logger,
+            )  # fmt: skip
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
@@ -175,12 +211,12 @@ def grpo_step(
             collect=logger.collect,
         )
     with timer("time/compute_rewards"):
-        scored = score(responses_P, problems_P, tokenizer, reward_fn)
+        scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
     with timer("time/build_data"):
         rewards_P_G = torch.from_numpy(scored.rewards_P_G)
-        advantages_P_G = group_normalized_advantages(
-            rewards_P_G, config.advantage_eps, config.use_std_normalization
-        ).numpy()
+        advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
+        if functions.on_scores is not None:
+            functions.on_scores(step, scored.rewards_P_G, advantages_P_G)
         datums_D, origins_D = step_datums(
             [p.to_ints() for p in prompt_tokens_P],
             scored.tokens_P_G,
@@ -239,7 +275,7 @@ def score(
         tokenizer.batch_decode(tokens_G, skip_special_tokens=True) for tokens_G in tokens_P_G
     ]
     rewards = [
-        [reward_fn(text, problem.answer) for text in texts_G]
+        [reward_fn(text, problem.ground_truth) for text in texts_G]
         for texts_G, problem in zip(texts_P_G, problems_P, strict=True)
     ]
 
@@ -249,6 +285,8 @@ def score(
     return Scored(
         tokens_P_G=tokens_P_G,
         logprobs_P_G=logprobs_P_G,
+        texts_P_G=texts_P_G,
+        scores_P_G=rewards,
         rewards_P_G=table("reward"),
         format_P_G=table("format_reward"),
         answer_P_G=table("answer_reward"),
@@ -256,6 +294,31 @@ def score(
             [[s.stop_reason == "length" for s in r.sequences] for r in responses_P]
         ),
     )
+
+
+def group_advantages(
+    advantages_fn: AdvantagesFn, scored: Scored, problems_P: Sequence[Problem], config: Config
+) -> np.ndarray:
+    """(P, G) advantages from `advantages_fn` on the step's responses, as CS336's
+    `compute_group_normalized_rewards` computes them; it reads the rewards already scored, so
+    the reward function runs once per response. Groups whose rewards are all equal get zero."""
+    scores = {
+        (text, problem.ground_truth): score
+        for texts_G, scores_G, problem in zip(
+            scored.texts_P_G, scored.scores_P_G, problems_P, strict=True
+        )
+        for text, score in zip(texts_G, scores_G, strict=True)
+    }
+    result = advantages_fn(
+        lambda response, ground_truth: scores[response, ground_truth],
+        [text for texts_G in scored.texts_P_G for text in texts_G],
+        [problem.ground_truth for problem in problems_P for _ in range(config.group_size)],
+        config.group_size,
+        config.advantage_eps,
+        config.use_std_normalization,
+    )
+    name = getattr(advantages_fn, "__qualname__", "the advantages function")
+    return checked_advantages(name, result, scored.rewards_P_G)[0]
 
 
 def train_on(
@@ -306,14 +369,16 @@ def validate(
     sampling_client: Any,
     tokenizer: Any,
     problems: Sequence[Problem],
+    eval_reward_fn: RewardFn,
     logger: RunLogger,
 ) -> dict[str, float]:
-    """Greedy accuracy under the task's own reward, whatever reward the training uses."""
+    """Greedy accuracy under the validation reward (the task's unless a flag plugs another),
+    whatever reward the training uses."""
     metrics, records = evaluate(
         sampling_client,
         tokenizer,
         problems,
-        make_reward_fn(config.use_r1_zero_format),
+        eval_reward_fn,
         config.use_r1_zero_format,
         config.sampling_max_tokens,
         collect=logger.collect,
@@ -327,6 +392,7 @@ def final_validation(
     training_client: Any,
     tokenizer: Any,
     problems: Sequence[Problem],
+    eval_reward_fn: RewardFn,
     logger: RunLogger,
 ) -> dict[str, float]:
     """Validation of the final weights, logged as the row of step `n_grpo_steps`."""
@@ -335,8 +401,9 @@ def final_validation(
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
     with timer("time/validation"):
         metrics = validate(
-            config.n_grpo_steps, config, sampling_client, tokenizer, problems, logger
-        )
+            config.n_grpo_steps, config, sampling_client, tokenizer, problems, eval_reward_fn,
+            logger,
+        )  # fmt: skip
     return {
         STEP_KEY: float(config.n_grpo_steps),
         "progress/done_frac": 1.0,

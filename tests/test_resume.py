@@ -116,7 +116,6 @@ def test_resuming_with_flags_that_may_change_notes_them(tmp_path, gsm8k_dir, tin
     console = Console(file=io.StringIO(), width=200)
     check_resumed_config(config, console)
     assert "--n_grpo_steps=300 (was 200)" in console.file.getvalue()
-    assert json.loads((tmp_path / "config.json").read_text())["n_grpo_steps"] == 300
     assert set(config_changes({}, Config())) == set()  # flags an older run lacked: defaults
 
 

@@ -18,11 +18,14 @@ from harness.config import Config, resolve_backend
 
 @contextlib.contextmanager
 def open_service_client(
-    config: Config, environ: Mapping[str, str], reward_fn: Callable[..., Any] | None = None
+    config: Config,
+    environ: Mapping[str, str],
+    reward_fn: Callable[..., Any] | None = None,
+    plugged: Mapping[str, Any] | None = None,
 ) -> Iterator[Any]:
     """The run's service client, recording to --record_cassette when asked (with the name of
-    `reward_fn`, a reward replacing the task's); whatever the backend started (a local server)
-    stops when the block ends."""
+    `reward_fn`, a reward replacing the task's, and `plugged`, what identifies the functions the
+    flags plugged in); whatever the backend started (a local server) stops when the block ends."""
     backend = resolve_backend(config, environ)
     with contextlib.ExitStack() as stack:
         service = stack.enter_context(_backend_service(backend, config))
@@ -36,10 +39,17 @@ def open_service_client(
                     backend=backend,
                     config=dataclasses.asdict(config),
                     reward=reward_name(reward_fn),
+                    plugged=plugged,
                     environ=environ,
                 )
             )
         yield service
+
+
+def scores_hook(service_client: Any) -> Callable[[int, Any, Any], None] | None:
+    """Where a step's rewards and advantages go: a recording keeps them, a replay checks them
+    against the recorded ones; other backends take none."""
+    return getattr(service_client, "step_scores", None)
 
 
 @contextlib.contextmanager

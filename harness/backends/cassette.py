@@ -1,7 +1,8 @@
 """Cassettes: every client call of a run as JSON lines, and the exact encoding of their values.
 
 A cassette is a JSONL file. Its first line is the header (format, harness and `tinker` versions,
-backend, model, the run's config, the reward); every other line is one call:
+backend, model, the run's config, the reward, the plugged functions' sources and digests); every
+other line is one call:
 
     {"index": 7, "client": "sampling@5", "method": "sample", "request": {...},
      "response": {...} | "error": {...}, "submitted_s": 1.25, "latency_s": 0.31}
@@ -11,7 +12,8 @@ backend, model, the run's config, the reward); every other line is one call:
 their SDK default left out, a ModelInput's adjacent text chunks joined), `submitted_s` seconds
 since the recording began and `latency_s` seconds from submission to result. Lines are appended
 as results arrive, so they are in completion order; a line cut short by a kill is skipped on
-reading.
+reading. A line `{"step_scores": k, "rewards": ..., "advantages": ...}` keeps step k's (P, G)
+rewards and advantages, for a replay to say which step's differ first.
 
 Values are JSON where JSON is exact. The rest is tagged: `{"$type": "Datum", <fields>}` for the
 dataclasses and pydantic models of `tinker.types`; `{"$type": "TensorData", "dtype", "shape",
@@ -508,6 +510,8 @@ class Cassette:
     header: dict[str, Any]
     calls: list[Call]
     """In order of submission; a run killed mid-call ends before that call."""
+    scores: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    """Each recorded step's (rewards_P_G, advantages_P_G)."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -537,7 +541,7 @@ def read_cassette(path: str | Path) -> Cassette:
     path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     header = _header(path, lines[0] if lines else "")
-    calls = []
+    calls, scores = [], {}
     for number, line in enumerate(lines[1:], start=2):
         try:
             row = json.loads(line)
@@ -545,9 +549,12 @@ def read_cassette(path: str | Path) -> Cassette:
             if number == len(lines):
                 break  # cut short by a kill mid-write
             raise CassetteError(f"{path}:{number} is not a JSON line") from None
-        calls.append(Call(**row))
+        if "step_scores" in row:
+            scores[row["step_scores"]] = (decode(row["rewards"]), decode(row["advantages"]))
+        else:
+            calls.append(Call(**row))
     calls.sort(key=lambda call: call.index)
-    return Cassette(path, header, _until_first_gap(calls))
+    return Cassette(path, header, _until_first_gap(calls), scores)
 
 
 def _until_first_gap(calls: list[Call]) -> list[Call]:

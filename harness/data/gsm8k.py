@@ -25,6 +25,12 @@ class Problem:
     question: str
     answer: str
 
+    @property
+    def ground_truth(self) -> str:
+        """The final answer, the text after the last `####` (e.g. "72"): what reward functions
+        are given, as CS336's graders expect."""
+        return self.answer.rpartition("####")[2].strip()
+
 
 def load_gsm8k(split: str, dataset_path: str | Path | None = None) -> list[Problem]:
     """The `split` ("train" or "test") rows, from `dataset_path` when given, else from the hub."""
