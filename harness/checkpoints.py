@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from harness.cost import Tokens
 from harness.data import BatchCursor
 from harness.jsonl import append_json_line, read_json_lines
 
@@ -23,6 +24,8 @@ class Checkpoint:
     cursor: BatchCursor
     seed: int
     """All randomness of the run derives from this seed and the step, so it is the RNG state."""
+    tokens: Tokens = dataclasses.field(default_factory=Tokens)
+    """The run's token totals after `step` steps, so a resumed run counts on from them."""
 
 
 def index_path(log_path: str | Path) -> Path:
@@ -30,7 +33,12 @@ def index_path(log_path: str | Path) -> Path:
 
 
 def save_checkpoint(
-    training_client: Any, log_path: str | Path, step: int, cursor: BatchCursor, seed: int
+    training_client: Any,
+    log_path: str | Path,
+    step: int,
+    cursor: BatchCursor,
+    seed: int,
+    tokens: Tokens,
 ) -> Checkpoint:
     """Save state and sampler weights (both submitted before waiting), then record them."""
     name = f"step_{step:06d}"
@@ -42,6 +50,7 @@ def save_checkpoint(
         sampler_path=sampler_future.result().path,
         cursor=cursor,
         seed=seed,
+        tokens=tokens,
     )
     append_json_line(index_path(log_path), dataclasses.asdict(checkpoint))
     return checkpoint
@@ -60,4 +69,6 @@ def _from_row(row: dict) -> Checkpoint:
         sampler_path=row["sampler_path"],
         cursor=BatchCursor(**row["cursor"]),
         seed=int(row["seed"]),
+        # An index written before token accounting counts from its resume point on.
+        tokens=Tokens(**row.get("tokens", {})),
     )

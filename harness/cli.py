@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import tyro
@@ -19,7 +19,9 @@ from rich.console import Console
 from harness.backends import open_service_client
 from harness.backends.replay import ReplayError, recorded_reward_fn
 from harness.config import Config, ConfigError, resolve_backend, validate
-from harness.data import DatasetUnavailable, load_problems
+from harness.cost import Price, PriceTableError, load_price_table
+from harness.data import DatasetUnavailable, Problem, load_problems
+from harness.estimate import EstimateError, format_plan, load_tokenizer, plan_run
 from harness.evaluation import RewardFn
 from harness.logger import RunLogger
 from harness.loop import RunResult, train
@@ -38,9 +40,12 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         validate(config)
         if reward_fn is None and config.backend == "replay":
             reward_fn = recorded_reward_fn(config.cassette)
+        prices = load_price_table(config.price_table)
         train_problems = load_problems(config.dataset, "train", config.dataset_path)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
-    except (ConfigError, DatasetUnavailable) as e:
+        if config.estimate_cost:
+            return print_estimate(config, train_problems, test_problems, prices)
+    except (ConfigError, DatasetUnavailable, PriceTableError, EstimateError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
 
@@ -59,7 +64,9 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
             _interrupt_once(),
             open_service_client(config, os.environ, reward_fn) as service_client,
         ):
-            result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
+            result = train(
+                config, service_client, train_problems, test_problems, logger, reward_fn, prices
+            )
     except ReplayError as e:
         console.print(f"[bold red]replay error:[/] {e}", highlight=False)
         return 1
@@ -95,6 +102,19 @@ def _interrupt_once() -> Iterator[None]:
     signal.signal(signal.SIGINT, previous)  # not reached after a Ctrl-C: the process is leaving
 
 
+def print_estimate(
+    config: Config,
+    train_problems: Sequence[Problem],
+    test_problems: Sequence[Problem],
+    prices: Mapping[str, Price],
+) -> int:
+    """`--estimate_cost`: the plan on stdout, and no client of any service is made."""
+    tokenizer, note = load_tokenizer(config.model_name)
+    plan = plan_run(config, tokenizer, train_problems, test_problems)
+    print(format_plan(config, plan, note, prices.get(config.model_name)))
+    return 0
+
+
 def warn_if_config_changed(config: Config, console: Console) -> None:
     """Keep the run's config beside its logs; say so when a resumed run changes it."""
     path = Path(config.log_path) / "config.json"
@@ -116,9 +136,13 @@ def print_summary(config: Config, result: RunResult, seconds: float, console: Co
     log_path = Path(config.log_path)
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     final = result.final_metrics
+    cost = f", ${final['cost/total_usd']:,.2f}" if "cost/total_usd" in final else ""
     console.print(
         f"done: {result.steps_run} steps in {seconds:.1f} s{resumed}; final validation accuracy "
         f"{final['val/accuracy']:.3f}, format accuracy {final['val/format_accuracy']:.3f}\n"
+        f"  tokens:      {final['tokens/prefill_total']:,.0f} prefill, "
+        f"{final['tokens/sampled_total']:,.0f} sampled, {final['tokens/trained_total']:,.0f} "
+        f"trained (the whole run{cost})\n"
         f"  metrics:     {log_path / 'metrics.jsonl'}\n"
         f"  checkpoints: {log_path / 'checkpoints' / 'index.jsonl'}\n"
         f"  validation:  {log_path / 'eval'}/",

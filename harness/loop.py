@@ -15,7 +15,7 @@ The loop never knows which backend it talks to: the service client is injected.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,14 @@ import torch
 
 from harness.checkpoints import last_checkpoint, save_checkpoint
 from harness.config import Config
+from harness.cost import (
+    Price,
+    Tokens,
+    load_price_table,
+    sampling_tokens,
+    training_tokens,
+    usage_metrics,
+)
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
 from harness.evaluation import RewardFn, evaluate, validation_subset
@@ -77,10 +85,22 @@ def train(
     test_problems: Sequence[Problem],
     logger: RunLogger,
     reward_fn: RewardFn | None = None,
+    prices: Mapping[str, Price] | None = None,
 ) -> RunResult:
-    """Run (or resume) GRPO until `n_grpo_steps` steps are done; validate at the end."""
+    """Run (or resume) GRPO until `n_grpo_steps` steps are done; validate at the end.
+
+    `prices` defaults to `--price_table` (or the shipped table); tokens are counted either way.
+    """
     reward_fn = reward_fn or make_reward_fn(config.use_r1_zero_format)
-    training_client, start_step, cursor = start_or_resume(service_client, config, logger)
+    price = (load_price_table(config.price_table) if prices is None else prices).get(
+        config.model_name
+    )
+    if price is None:
+        logger.warn(
+            f"no price for {config.model_name} in the price table: logging tokens, not dollars "
+            "(--price_table=FILE adds one)"
+        )
+    training_client, start_step, cursor, totals = start_or_resume(service_client, config, logger)
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
     val_problems = [test_problems[i] for i in val_indices]
@@ -90,16 +110,19 @@ def train(
             cursor, len(train_problems), config.rollout_batch_size, config.seed
         )
         problems_P = [train_problems[i] for i in batch_indices]
-        row = grpo_step(
+        row, tokens = grpo_step(
             step, config, training_client, tokenizer, problems_P, reward_fn, logger,
             val_problems=val_problems if step % config.eval_every == 0 else None,
         )  # fmt: skip
-        logger.log(row)
+        totals += tokens
+        logger.log(row | usage_metrics(tokens, totals, price))
         done = step + 1
         if done % config.save_every == 0 or done == config.n_grpo_steps:
-            save_checkpoint(training_client, config.log_path, done, cursor, config.seed)
+            save_checkpoint(training_client, config.log_path, done, cursor, config.seed, totals)
 
-    final_row = final_validation(config, training_client, tokenizer, val_problems, logger)
+    final_row, tokens = final_validation(config, training_client, tokenizer, val_problems, logger)
+    totals += tokens
+    final_row |= usage_metrics(tokens, totals, price)
     logger.log(final_row)
     return RunResult(
         steps_run=config.n_grpo_steps - start_step, resumed_from=start_step, final_metrics=final_row
@@ -108,20 +131,21 @@ def train(
 
 def start_or_resume(
     service_client: Any, config: Config, logger: RunLogger
-) -> tuple[Any, int, BatchCursor]:
-    """A fresh LoRA training client, or the one the last checkpoint saved, with its optimizer."""
+) -> tuple[Any, int, BatchCursor, Tokens]:
+    """A fresh LoRA training client, or the one the last checkpoint saved, with its optimizer
+    (and the step, data cursor and token totals to go on from)."""
     checkpoint = last_checkpoint(config.log_path)
     if checkpoint is None:
         logger.drop_rows_from(0)
         training_client = service_client.create_lora_training_client(
             base_model=config.model_name, rank=config.lora_rank, seed=config.seed
         ).result()
-        return training_client, 0, BatchCursor()
+        return training_client, 0, BatchCursor(), Tokens()
     logger.drop_rows_from(checkpoint.step)
     training_client = service_client.create_training_client_from_state_with_optimizer(
         checkpoint.state_path
     ).result()
-    return training_client, checkpoint.step, checkpoint.cursor
+    return training_client, checkpoint.step, checkpoint.cursor, checkpoint.tokens
 
 
 def grpo_step(
@@ -133,14 +157,19 @@ def grpo_step(
     reward_fn: RewardFn,
     logger: RunLogger,
     val_problems: Sequence[Problem] | None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Tokens]:
+    """The step's metrics, and the tokens of every request it made."""
     timer = Timer(TIME_KEYS)
     metrics: dict[str, float] = {}
+    tokens = Tokens()
     with timer("time/save_weights"):
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
     if val_problems is not None:
         with timer("time/validation"):
-            metrics |= validate(step, config, sampling_client, tokenizer, val_problems, logger)
+            val_metrics, tokens = validate(
+                step, config, sampling_client, tokenizer, val_problems, logger
+            )
+            metrics |= val_metrics
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
@@ -153,6 +182,7 @@ def grpo_step(
             rollout_params(config, tokenizer, step, len(problems_P)),
             collect=logger.collect,
         )
+    tokens += sampling_tokens(prompt_tokens_P, responses_P)
     with timer("time/compute_rewards"):
         scored = score(responses_P, problems_P, tokenizer, reward_fn)
     with timer("time/build_data"):
@@ -170,6 +200,7 @@ def grpo_step(
     if datums_D:
         with timer("time/training"):
             trained = train_on(training_client, datums_D, config)
+        tokens += training_tokens(datums_D)
     else:
         logger.warn(f"step {step}: no group had reward variance; training skipped")
 
@@ -187,7 +218,7 @@ def grpo_step(
     }
     if trained is not None:
         metrics |= training_metrics(*trained, scored, origins_D, advantages_P_G, config.cliprange)
-    return metrics
+    return metrics, tokens
 
 
 def rollout_params(
@@ -286,8 +317,9 @@ def validate(
     tokenizer: Any,
     problems: Sequence[Problem],
     logger: RunLogger,
-) -> dict[str, float]:
-    """Greedy accuracy under the task's own reward, whatever reward the training uses."""
+) -> tuple[dict[str, float], Tokens]:
+    """Greedy accuracy under the task's own reward, whatever reward the training uses; and the
+    tokens its requests read and generated."""
     metrics, records = evaluate(
         sampling_client,
         tokenizer,
@@ -298,7 +330,10 @@ def validate(
         collect=logger.collect,
     )
     logger.write_eval_samples(step, records)
-    return metrics
+    return metrics, Tokens(
+        prefill=sum(r["prompt_tokens"] for r in records),
+        sampled=sum(r["response_tokens"] for r in records),
+    )
 
 
 def final_validation(
@@ -307,18 +342,14 @@ def final_validation(
     tokenizer: Any,
     problems: Sequence[Problem],
     logger: RunLogger,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Tokens]:
     """Validation of the final weights, logged as the row of step `n_grpo_steps`."""
     timer = Timer(("time/save_weights", "time/validation"))
     with timer("time/save_weights"):
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
     with timer("time/validation"):
-        metrics = validate(
+        metrics, tokens = validate(
             config.n_grpo_steps, config, sampling_client, tokenizer, problems, logger
         )
-    return {
-        STEP_KEY: float(config.n_grpo_steps),
-        "progress/done_frac": 1.0,
-        **metrics,
-        **timer.totals(),
-    }
+    row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}
+    return row | timer.totals(), tokens
