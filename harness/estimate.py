@@ -237,10 +237,11 @@ def format_plan(config: Config, plan: Plan, tokenizer_note: str, price: Price | 
         )
     else:
         lines.append(
-            f"prices (USD per million tokens): prefill {price.prefill}, sample {price.sample}, "
-            f"train {price.train}; {price.source}, read {price.date}. Not included: checkpoint "
+            f"prices (USD per million tokens): prefill {price.prefill:g}, sample "
+            f"{price.sample:g}, train {price.train:g}; {price.source}, read {price.date}. "
+            "Not included: checkpoint "
             + (
-                f"storage (${price.storage_gb_month} per GB-month), "
+                f"storage (${price.storage_gb_month:.2f} per GB-month), "
                 if price.storage_gb_month is not None
                 else "storage, "
             )
