@@ -107,14 +107,14 @@ class Plan:
     def tokens(self, response_tokens: float, trained: bool) -> Tokens:
         """The run's tokens if every response had `response_tokens` tokens, with every group
         trained on or none. A Datum holds its prompt and all but the last response token."""
-        datums = self.rollout_sequences if trained else 0
-        prompt_tokens_of_datums = self.rollout_prompt_tokens * self.samples_per_request
+        datum_tokens = (
+            self.rollout_prompt_tokens * self.samples_per_request
+            + self.rollout_sequences * (response_tokens - 1)
+        )
         return Tokens(
             prefill=self.prefill,
             sampled=round(self.sequences * response_tokens),
-            trained=round(prompt_tokens_of_datums + datums * (response_tokens - 1))
-            if trained
-            else 0,
+            trained=round(datum_tokens) if trained else 0,
         )
 
     @property
@@ -137,17 +137,17 @@ def plan_run(
     test_problems: Sequence[Problem],
 ) -> Plan:
     """Every prompt the run will send, encoded with the real tokenizer; the rest counted."""
-    prompt_length = _prompt_lengths(tokenizer, config.use_r1_zero_format)
+    train_lengths = prompt_lengths(tokenizer, train_problems, config.use_r1_zero_format)
     cursor = BatchCursor()
     rollout_prompt_tokens = 0
-    train_lengths = prompt_length(train_problems)
     for _ in range(config.n_grpo_steps):
         indices, cursor = next_batch(
             cursor, len(train_problems), config.rollout_batch_size, config.seed
         )
         rollout_prompt_tokens += int(train_lengths[indices].sum())
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
-    val_lengths = prompt_length([test_problems[i] for i in val_indices])
+    val_problems = [test_problems[i] for i in val_indices]
+    val_lengths = prompt_lengths(tokenizer, val_problems, config.use_r1_zero_format)
     if config.assumed_response_tokens is not None:
         assumed = float(config.assumed_response_tokens)
         assumption = f"responses of {config.assumed_response_tokens} tokens on average"
@@ -178,12 +178,12 @@ def plan_run(
     )
 
 
-def _prompt_lengths(tokenizer: Any, use_r1_zero_format: bool):
-    def lengths(problems: Sequence[Problem]) -> np.ndarray:
-        prompts = [format_prompt(p.question, use_r1_zero_format) for p in problems]
-        return np.array([len(ids) for ids in tokenizer(prompts)["input_ids"]], dtype=np.int64)
-
-    return lengths
+def prompt_lengths(
+    tokenizer: Any, problems: Sequence[Problem], use_r1_zero_format: bool
+) -> np.ndarray:
+    """Each problem's prompt length in tokens, encoded as the loop encodes it."""
+    prompts = [format_prompt(p.question, use_r1_zero_format) for p in problems]
+    return np.array([len(ids) for ids in tokenizer(prompts)["input_ids"]], dtype=np.int64)
 
 
 def format_plan(config: Config, plan: Plan, tokenizer_note: str, price: Price | None) -> str:
