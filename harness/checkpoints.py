@@ -11,6 +11,7 @@ from typing import Any
 
 import tinker
 
+from harness.cost import Tokens
 from harness.data import BatchCursor
 from harness.jsonl import append_json_line, numbered_json_lines
 
@@ -32,6 +33,8 @@ class Checkpoint:
     cursor: BatchCursor
     seed: int
     """All randomness of the run derives from this seed and the step, so it is the RNG state."""
+    tokens: Tokens = dataclasses.field(default_factory=Tokens)
+    """The run's token totals after `step` steps, so a resumed run counts on from them."""
 
 
 def index_path(log_path: str | Path) -> Path:
@@ -39,7 +42,12 @@ def index_path(log_path: str | Path) -> Path:
 
 
 def save_checkpoint(
-    training_client: Any, log_path: str | Path, step: int, cursor: BatchCursor, seed: int
+    training_client: Any,
+    log_path: str | Path,
+    step: int,
+    cursor: BatchCursor,
+    seed: int,
+    tokens: Tokens,
 ) -> Checkpoint:
     """Save state and sampler weights (both submitted before waiting), then record them."""
     name = f"step_{step:06d}"
@@ -51,6 +59,7 @@ def save_checkpoint(
         sampler_path=sampler_future.result().path,
         cursor=cursor,
         seed=seed,
+        tokens=tokens,
     )
     append_json_line(index_path(log_path), dataclasses.asdict(checkpoint))
     return checkpoint
@@ -96,4 +105,6 @@ def _from_row(row: dict) -> Checkpoint:
         sampler_path=str(row["sampler_path"]),
         cursor=BatchCursor(**row["cursor"]),
         seed=int(row["seed"]),
+        # An index written before token accounting counts from its resume point on.
+        tokens=Tokens(**row.get("tokens", {})),
     )

@@ -93,6 +93,15 @@ class Config:
     eval_reward_fn: str | None = None
     """Validation reward (val/*), same form; default: the task's, whatever --reward_fn says."""
 
+    # Tokens and cost.
+    price_table: str | None = None
+    """TOML price table (USD per million tokens per model) replacing the shipped one."""
+    estimate_cost: bool = False
+    """Print the run's requests, tokens and cost, then exit: no training or sampling call."""
+    assumed_response_tokens: int | None = None
+    """With --estimate_cost: mean response length to expect (default: GSM8K's reference
+    solutions' mean, measured with the model's tokenizer)."""
+
     # Recording and replay.
     record_cassette: str | None = None
     """Record every client call of the run (request, response, latency) to this JSONL file."""
@@ -179,6 +188,12 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
                 f"--dataset_path is for --dataset=gsm8k, not --dataset={config.dataset}"
             )
         _check_dataset_folder(Path(config.dataset_path))
+    if config.assumed_response_tokens is not None and config.assumed_response_tokens <= 0:
+        raise ConfigError(
+            f"--assumed_response_tokens must be positive, got {config.assumed_response_tokens}"
+        )
+    if config.estimate_cost:
+        return  # no service is reached, so neither a key nor a local model is needed
     backend = resolve_backend(config, environ)
     if backend == "tinker" and not environ.get("TINKER_API_KEY"):
         raise ConfigError(

@@ -31,23 +31,25 @@ def evaluate(
     max_tokens: int,
     collect: Collect = collect_quietly,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Accuracy and format accuracy of greedy answers; also one record per question."""
+    """Accuracy and format accuracy of greedy answers; also one record per question (with its
+    request's prompt and response token counts)."""
     prompts = [format_prompt(p.question, use_r1_zero_format) for p in problems]
     params = tinker.SamplingParams(
         max_tokens=max_tokens,
         temperature=0.0,
         stop=stop_sequences(tokenizer, use_r1_zero_format),
     )
+    prompt_inputs = encode_prompts(tokenizer, prompts)
     responses = sample_groups(
         sampling_client,
-        encode_prompts(tokenizer, prompts),
+        prompt_inputs,
         group_size=1,
         params_P=[params] * len(prompts),
         collect=collect,
         description="validation",
     )
     records = []
-    for problem, response in zip(problems, responses, strict=True):
+    for problem, prompt, response in zip(problems, prompt_inputs, responses, strict=True):
         sequence = response.sequences[0]
         text = tokenizer.decode(sequence.tokens, skip_special_tokens=True)
         reward = reward_fn(text, problem.ground_truth)
@@ -58,6 +60,8 @@ def evaluate(
                 "response": text,
                 "parsed_answer": extract_answer(text),
                 "stop_reason": sequence.stop_reason,
+                "prompt_tokens": prompt.length,
+                "response_tokens": len(sequence.tokens),
                 **reward,
             }
         )

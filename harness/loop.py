@@ -15,7 +15,7 @@ The loop never knows which backend it talks to: the service client is injected.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,14 @@ from harness.checkpoints import (
     unloadable,
 )
 from harness.config import Config
+from harness.cost import (
+    Price,
+    Tokens,
+    load_price_table,
+    sampling_tokens,
+    training_tokens,
+    usage_metrics,
+)
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
 from harness.evaluation import RewardFn, evaluate, validation_subset
@@ -101,6 +109,7 @@ def train(
     logger: RunLogger,
     reward_fn: RewardFn | None = None,
     *,
+    prices: Mapping[str, Price] | None = None,
     eval_reward_fn: RewardFn | None = None,
     advantages_fn: AdvantagesFn = compute_group_normalized_rewards,
     on_scores: ScoresHook | None = None,
@@ -110,6 +119,7 @@ def train(
     `reward_fn` scores training rollouts and `eval_reward_fn` validation (each the task's
     reward by default); `advantages_fn` has `compute_group_normalized_rewards`'s signature;
     `on_scores(step, rewards_P_G, advantages_P_G)` sees each step's (a recording keeps them).
+    `prices` defaults to `--price_table` (or the shipped table); tokens are counted either way.
     """
     functions = StepFunctions(
         reward_fn=reward_fn or make_reward_fn(config.use_r1_zero_format),
@@ -117,7 +127,15 @@ def train(
         advantages_fn=advantages_fn,
         on_scores=on_scores,
     )
-    training_client, start_step, cursor = start_or_resume(service_client, config, logger)
+    price = (load_price_table(config.price_table) if prices is None else prices).get(
+        config.model_name
+    )
+    if price is None:
+        logger.warn(
+            f"no price for {config.model_name} in the price table: logging tokens, not dollars "
+            "(--price_table=FILE adds one)"
+        )
+    training_client, start_step, cursor, totals = start_or_resume(service_client, config, logger)
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
     val_problems = [test_problems[i] for i in val_indices]
@@ -127,18 +145,21 @@ def train(
             cursor, len(train_problems), config.rollout_batch_size, config.seed
         )
         problems_P = [train_problems[i] for i in batch_indices]
-        row = grpo_step(
+        row, tokens = grpo_step(
             step, config, training_client, tokenizer, problems_P, functions, logger,
             val_problems=val_problems if step % config.eval_every == 0 else None,
         )  # fmt: skip
-        logger.log(row)
+        totals += tokens
+        logger.log(row | usage_metrics(tokens, totals, price))
         done = step + 1
         if done % config.save_every == 0 or done == config.n_grpo_steps:
-            save_checkpoint(training_client, config.log_path, done, cursor, config.seed)
+            save_checkpoint(training_client, config.log_path, done, cursor, config.seed, totals)
 
-    final_row = final_validation(
+    final_row, tokens = final_validation(
         config, training_client, tokenizer, val_problems, functions.eval_reward_fn, logger
     )
+    totals += tokens
+    final_row |= usage_metrics(tokens, totals, price)
     logger.log(final_row)
     return RunResult(
         steps_run=config.n_grpo_steps - start_step, resumed_from=start_step, final_metrics=final_row
@@ -147,16 +168,17 @@ def train(
 
 def start_or_resume(
     service_client: Any, config: Config, logger: RunLogger
-) -> tuple[Any, int, BatchCursor]:
+) -> tuple[Any, int, BatchCursor, Tokens]:
     """A fresh LoRA training client, or the newest checkpoint that still loads, with its
-    optimizer. Rows logged after that checkpoint are dropped only once it has loaded."""
+    optimizer (and the step, data cursor and token totals to go on from). Rows logged after
+    that checkpoint are dropped only once it has loaded."""
     saved = checkpoints(config.log_path)
     if not saved:
         logger.drop_rows_from(0)
         training_client = service_client.create_lora_training_client(
             base_model=config.model_name, rank=config.lora_rank, seed=config.seed
         ).result()
-        return training_client, 0, BatchCursor()
+        return training_client, 0, BatchCursor(), Tokens()
     for checkpoint in reversed(saved):
         try:
             training_client = service_client.create_training_client_from_state_with_optimizer(
@@ -171,7 +193,7 @@ def start_or_resume(
             )
             continue
         logger.drop_rows_from(checkpoint.step)
-        return training_client, checkpoint.step, checkpoint.cursor
+        return training_client, checkpoint.step, checkpoint.cursor, checkpoint.tokens
     raise RunStateError(
         f"none of the {len(saved)} checkpoints in {index_path(config.log_path)} loads (expired"
         " or deleted); move that folder's checkpoints/ away to start the run over"
@@ -187,17 +209,20 @@ def grpo_step(
     functions: StepFunctions,
     logger: RunLogger,
     val_problems: Sequence[Problem] | None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Tokens]:
+    """The step's metrics, and the tokens of every request it made."""
     timer = Timer(TIME_KEYS)
     metrics: dict[str, float] = {}
+    tokens = Tokens()
     with timer("time/save_weights"):
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
     if val_problems is not None:
         with timer("time/validation"):
-            metrics |= validate(
+            val_metrics, tokens = validate(
                 step, config, sampling_client, tokenizer, val_problems,
                 functions.eval_reward_fn, logger,
             )  # fmt: skip
+            metrics |= val_metrics
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
@@ -210,6 +235,7 @@ def grpo_step(
             rollout_params(config, tokenizer, step, len(problems_P)),
             collect=logger.collect,
         )
+    tokens += sampling_tokens(prompt_tokens_P, responses_P)
     with timer("time/compute_rewards"):
         scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
     with timer("time/build_data"):
@@ -227,6 +253,7 @@ def grpo_step(
     if datums_D:
         with timer("time/training"):
             trained = train_on(training_client, datums_D, config)
+        tokens += training_tokens(datums_D)
     else:
         logger.warn(f"step {step}: no group had reward variance; training skipped")
 
@@ -244,7 +271,7 @@ def grpo_step(
     }
     if trained is not None:
         metrics |= training_metrics(*trained, scored, origins_D, advantages_P_G, config.cliprange)
-    return metrics
+    return metrics, tokens
 
 
 def rollout_params(
@@ -371,9 +398,9 @@ def validate(
     problems: Sequence[Problem],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Tokens]:
     """Greedy accuracy under the validation reward (the task's unless a flag plugs another),
-    whatever reward the training uses."""
+    whatever reward the training uses; and the tokens its requests read and generated."""
     metrics, records = evaluate(
         sampling_client,
         tokenizer,
@@ -384,7 +411,10 @@ def validate(
         collect=logger.collect,
     )
     logger.write_eval_samples(step, records)
-    return metrics
+    return metrics, Tokens(
+        prefill=sum(r["prompt_tokens"] for r in records),
+        sampled=sum(r["response_tokens"] for r in records),
+    )
 
 
 def final_validation(
@@ -394,19 +424,15 @@ def final_validation(
     problems: Sequence[Problem],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Tokens]:
     """Validation of the final weights, logged as the row of step `n_grpo_steps`."""
     timer = Timer(("time/save_weights", "time/validation"))
     with timer("time/save_weights"):
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
     with timer("time/validation"):
-        metrics = validate(
+        metrics, tokens = validate(
             config.n_grpo_steps, config, sampling_client, tokenizer, problems, eval_reward_fn,
             logger,
         )  # fmt: skip
-    return {
-        STEP_KEY: float(config.n_grpo_steps),
-        "progress/done_frac": 1.0,
-        **metrics,
-        **timer.totals(),
-    }
+    row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}
+    return row | timer.totals(), tokens
