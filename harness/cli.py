@@ -41,6 +41,7 @@ from harness.plugins import (
     load_run_functions,
     preflight,
 )
+from harness.resilience import RunFailed
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -112,6 +113,13 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         return 1
     except PluginError as e:  # a plugged function that passed the probe fails on real data
         console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 1
+    except RunFailed as e:
+        console.print(
+            f"[bold red]error:[/] the run stopped: {e}\n  its state is saved: rerun the same"
+            f" command to resume from {Path(config.log_path) / 'checkpoints'}",
+            highlight=False,
+        )
         return 1
     except RunStateError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
@@ -226,12 +234,14 @@ def print_summary(config: Config, result: RunResult, seconds: float, console: Co
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     final = result.final_metrics
     cost = f", ${final['cost/total_usd']:,.2f}" if "cost/total_usd" in final else ""
+    faults = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(result.faults.items()))
     console.print(
         f"done: {result.steps_run} steps in {seconds:.1f} s{resumed}; final validation accuracy "
         f"{final['val/accuracy']:.3f}, format accuracy {final['val/format_accuracy']:.3f}\n"
         f"  tokens:      {final['tokens/prefill_total']:,.0f} prefill, "
         f"{final['tokens/sampled_total']:,.0f} sampled, {final['tokens/trained_total']:,.0f} "
         f"trained (the whole run{cost})\n"
+        f"  faults:      {faults or 'none'} (recovered in process)\n"
         f"  metrics:     {log_path / 'metrics.jsonl'}\n"
         f"  checkpoints: {log_path / 'checkpoints' / 'index.jsonl'}\n"
         f"  validation:  {log_path / 'eval'}/",

@@ -12,6 +12,10 @@ Backend = Literal["auto", "tinker", "local", "local-server", "replay"]
 Dataset = Literal["gsm8k", "arith"]
 
 
+# Tinker refuses a shorter checkpoint lifetime.
+MIN_TTL_S = 3600
+
+
 class ConfigError(ValueError):
     """A user mistake in the configuration; its message is one line, fit to print as is."""
 
@@ -102,6 +106,23 @@ class Config:
     """With --estimate_cost: mean response length to expect (default: GSM8K's reference
     solutions' mean, measured with the model's tokenizer)."""
 
+    # Faults and recovery.
+    request_timeout_s: float = 1800.0
+    """Longest wait for a request's answer before it counts as hung. Generous: on the cloud a
+    training request waits for its clock cycle behind other users' work, and a full rollout
+    batch samples for minutes; the SDK itself gives up only after hours without progress."""
+    request_attempts: int = 5
+    """Sends of a failing sampling request, and tries of a step whose training failed, before
+    the run stops (its state saved; rerun to resume)."""
+    retry_backoff_s: float = 2.0
+    """Wait before the first resend, doubled for each next one (at most 60 s)."""
+    rolling_save_every: int = 5
+    """Also save the training state alone every N steps (1-hour TTL, the previous one
+    released), so a training fault redoes at most N-1 steps; 0: periodic checkpoints only."""
+    ttl_seconds: int | None = None
+    """Lifetime of the periodic checkpoints on the service (>= 3600, its minimum; None: they
+    never expire, and their storage is billed). The final checkpoint is always kept."""
+
     # Recording and replay.
     record_cassette: str | None = None
     """Record every client call of the run (request, response, latency) to this JSONL file."""
@@ -127,6 +148,11 @@ RESUMABLE_CHANGES = frozenset(
         "replay_realtime",
         "backend",
         "base_url",
+        "request_timeout_s",
+        "request_attempts",
+        "retry_backoff_s",
+        "rolling_save_every",
+        "ttl_seconds",
     }
 )
 
@@ -180,6 +206,19 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         raise ConfigError(f"--cliprange must lie in (0, 1), got {config.cliprange}")
     if not config.advantage_eps >= 0:
         raise ConfigError(f"--advantage_eps must be >= 0, got {config.advantage_eps}")
+    if not config.request_timeout_s > 0:
+        raise ConfigError(f"--request_timeout_s must be positive, got {config.request_timeout_s}")
+    if config.request_attempts < 1:
+        raise ConfigError(f"--request_attempts must be >= 1, got {config.request_attempts}")
+    if not config.retry_backoff_s >= 0:
+        raise ConfigError(f"--retry_backoff_s must be >= 0, got {config.retry_backoff_s}")
+    if config.rolling_save_every < 0:
+        raise ConfigError(f"--rolling_save_every must be >= 0, got {config.rolling_save_every}")
+    if config.ttl_seconds is not None and config.ttl_seconds < MIN_TTL_S:
+        raise ConfigError(
+            f"--ttl_seconds={config.ttl_seconds}: the Tinker service keeps checkpoints at least"
+            f" {MIN_TTL_S} s (one hour); pass >= {MIN_TTL_S}, or leave it unset to keep them"
+        )
     if not config.sampling_temperature >= 0:
         raise ConfigError(f"--sampling_temperature must be >= 0, got {config.sampling_temperature}")
     if config.dataset_path is not None:

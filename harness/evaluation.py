@@ -10,6 +10,7 @@ import tinker
 
 from harness.data import Problem
 from harness.prompts import format_prompt
+from harness.resilience import Waits
 from harness.rewards import extract_answer
 from harness.rollouts import Collect, collect_quietly, encode_prompts, sample_groups, stop_sequences
 
@@ -30,6 +31,7 @@ def evaluate(
     use_r1_zero_format: bool,
     max_tokens: int,
     collect: Collect = collect_quietly,
+    waits: Waits | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Accuracy and format accuracy of greedy answers; also one record per question (with its
     request's prompt and response token counts)."""
@@ -47,6 +49,7 @@ def evaluate(
         params_P=[params] * len(prompts),
         collect=collect,
         description="validation",
+        waits=waits,
     )
     records = []
     for problem, prompt, response in zip(problems, prompt_inputs, responses, strict=True):

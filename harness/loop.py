@@ -14,6 +14,8 @@ The loop never knows which backend it talks to: the service client is injected.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,9 +26,10 @@ import torch
 
 from harness.checkpoints import (
     RunStateError,
-    checkpoints,
     index_path,
+    resume_points,
     save_checkpoint,
+    save_rolling,
     unloadable,
 )
 from harness.config import Config
@@ -46,6 +49,7 @@ from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
 from harness.plugins import AdvantagesFn, checked_advantages
 from harness.prompts import format_prompt
+from harness.resilience import FaultLog, RetryPolicy, RunFailed, TrainingFault, Waits
 from harness.rewards import make_reward_fn
 from harness.rollouts import (
     encode_prompts,
@@ -85,6 +89,8 @@ class RunResult:
     steps_run: int
     resumed_from: int
     final_metrics: dict[str, float]
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Faults met and recovered from in process, by kind (`faults/*` in the metrics rows)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,57 +141,123 @@ def train(
             f"no price for {config.model_name} in the price table: logging tokens, not dollars "
             "(--price_table=FILE adds one)"
         )
-    training_client, start_step, cursor, totals = start_or_resume(service_client, config, logger)
+    waits = Waits(
+        RetryPolicy(config.request_timeout_s, config.request_attempts, config.retry_backoff_s),
+        FaultLog(logger.warn),
+    )
+    training_client, step, cursor, totals = start_or_resume(service_client, config, logger, waits)
+    start_step = step
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
     val_problems = [test_problems[i] for i in val_indices]
 
-    for step in range(start_step, config.n_grpo_steps):
-        batch_indices, cursor = next_batch(
-            cursor, len(train_problems), config.rollout_batch_size, config.seed
-        )
-        problems_P = [train_problems[i] for i in batch_indices]
-        row, tokens = grpo_step(
-            step, config, training_client, tokenizer, problems_P, functions, logger,
-            val_problems=val_problems if step % config.eval_every == 0 else None,
-        )  # fmt: skip
-        totals += tokens
-        logger.log(row | usage_metrics(tokens, totals, price))
-        done = step + 1
-        if done % config.save_every == 0 or done == config.n_grpo_steps:
-            save_checkpoint(training_client, config.log_path, done, cursor, config.seed, totals)
+    # `furthest`: steps done before any redo (their saves may exist); `failures`: per step.
+    furthest, failures = step, collections.Counter[int]()
+    while True:
+        try:
+            if step == config.n_grpo_steps:
+                final_row, tokens = final_validation(
+                    config, training_client, tokenizer, val_problems, functions.eval_reward_fn,
+                    logger, waits,
+                )  # fmt: skip
+                break
+            batch_indices, next_cursor = next_batch(
+                cursor, len(train_problems), config.rollout_batch_size, config.seed
+            )
+            problems_P = [train_problems[i] for i in batch_indices]
+            row, tokens = grpo_step(
+                step, config, training_client, tokenizer, problems_P, functions, logger, waits,
+                val_problems=val_problems if step % config.eval_every == 0 else None,
+            )  # fmt: skip
+            done, next_totals = step + 1, totals + tokens
+            logger.log(row | usage_metrics(tokens, next_totals, price) | waits.faults.take())
+            save(training_client, config, done, next_cursor, next_totals, waits, furthest)
+        except TrainingFault as fault:
+            failures[step] += 1
+            if failures[step] >= config.request_attempts:
+                raise RunFailed(
+                    f"step {step}: {fault}, {failures[step]} times (--request_attempts)",
+                    during_training=True,
+                ) from fault
+            waits.faults.record(
+                "training_redos", f"step {step}: {fault}; redoing from the last saved state"
+            )
+            training_client, step, cursor, totals = start_or_resume(
+                service_client, config, logger, waits
+            )
+            continue
+        except RunFailed as failure:
+            if not failure.during_training:  # the weights are those after `step` steps
+                with contextlib.suppress(RunFailed, TrainingFault):
+                    save_rolling(training_client, config.log_path, step, cursor, config.seed,
+                                 totals, wait=waits.training)  # fmt: skip
+            raise
+        furthest = max(furthest, done)
+        step, cursor, totals = done, next_cursor, next_totals
 
-    final_row, tokens = final_validation(
-        config, training_client, tokenizer, val_problems, functions.eval_reward_fn, logger
-    )
     totals += tokens
-    final_row |= usage_metrics(tokens, totals, price)
+    final_row |= usage_metrics(tokens, totals, price) | waits.faults.take()
     logger.log(final_row)
     return RunResult(
-        steps_run=config.n_grpo_steps - start_step, resumed_from=start_step, final_metrics=final_row
+        steps_run=config.n_grpo_steps - start_step,
+        resumed_from=start_step,
+        final_metrics=final_row,
+        faults=dict(waits.faults.total),
     )
+
+
+def save(
+    training_client: Any,
+    config: Config,
+    done: int,
+    cursor: BatchCursor,
+    totals: Tokens,
+    waits: Waits,
+    furthest: int,
+) -> None:
+    """After `done` steps: a checkpoint every `save_every` and at the end (kept for good), else
+    a rolling save every `rolling_save_every`. A save of a redone step replaces its first."""
+    if done % config.save_every == 0 or done == config.n_grpo_steps:
+        ttl_seconds = None if done == config.n_grpo_steps else config.ttl_seconds
+        save_checkpoint(
+            training_client, config.log_path, done, cursor, config.seed, totals,
+            wait=waits.training, ttl_seconds=ttl_seconds, overwrite=done <= furthest,
+        )  # fmt: skip
+    elif config.rolling_save_every and done % config.rolling_save_every == 0:
+        save_rolling(
+            training_client, config.log_path, done, cursor, config.seed, totals, wait=waits.training
+        )
 
 
 def start_or_resume(
-    service_client: Any, config: Config, logger: RunLogger
+    service_client: Any, config: Config, logger: RunLogger, waits: Waits
 ) -> tuple[Any, int, BatchCursor, Tokens]:
-    """A fresh LoRA training client, or the newest checkpoint that still loads, with its
-    optimizer (and the step, data cursor and token totals to go on from). Rows logged after
-    that checkpoint are dropped only once it has loaded."""
-    saved = checkpoints(config.log_path)
+    """A fresh LoRA training client, or the newest saved state (checkpoint or rolling save)
+    that still loads, with its optimizer (and the step, data cursor and token totals to go on
+    from). Rows logged after that state are dropped only once it has loaded."""
+    saved = resume_points(config.log_path)
     if not saved:
         logger.drop_rows_from(0)
-        training_client = service_client.create_lora_training_client(
-            base_model=config.model_name, rank=config.lora_rank, seed=config.seed
+        training_client = waits.resendable(
+            lambda: service_client.create_lora_training_client(
+                base_model=config.model_name, rank=config.lora_rank, seed=config.seed
+            ),
+            "create_lora_training_client",
+            "service_resends",
         ).result()
         return training_client, 0, BatchCursor(), Tokens()
     for checkpoint in reversed(saved):
         try:
-            training_client = service_client.create_training_client_from_state_with_optimizer(
-                checkpoint.state_path
+            training_client = waits.resendable(
+                lambda path=checkpoint.state_path: (
+                    service_client.create_training_client_from_state_with_optimizer(path)
+                ),
+                f"loading {checkpoint.state_path}",
+                "service_resends",
             ).result()
-        except Exception as error:
-            if not unloadable(error):
+        except RunFailed as failure:
+            error = failure.__cause__
+            if error is None or not unloadable(error):
                 raise
             logger.warn(
                 f"the checkpoint of step {checkpoint.step} ({checkpoint.state_path}) does not"
@@ -195,8 +267,8 @@ def start_or_resume(
         logger.drop_rows_from(checkpoint.step)
         return training_client, checkpoint.step, checkpoint.cursor, checkpoint.tokens
     raise RunStateError(
-        f"none of the {len(saved)} checkpoints in {index_path(config.log_path)} loads (expired"
-        " or deleted); move that folder's checkpoints/ away to start the run over"
+        f"none of the {len(saved)} saved states in {index_path(config.log_path).parent} loads"
+        " (expired or deleted); move that folder away to start the run over"
     )
 
 
@@ -208,6 +280,7 @@ def grpo_step(
     problems_P: Sequence[Problem],
     functions: StepFunctions,
     logger: RunLogger,
+    waits: Waits,
     val_problems: Sequence[Problem] | None,
 ) -> tuple[dict[str, float], Tokens]:
     """The step's metrics, and the tokens of every request it made."""
@@ -215,12 +288,15 @@ def grpo_step(
     metrics: dict[str, float] = {}
     tokens = Tokens()
     with timer("time/save_weights"):
-        sampling_client = training_client.save_weights_and_get_sampling_client().result()
+        sampling_client = waits.training(
+            training_client.save_weights_and_get_sampling_client(),
+            "save_weights_and_get_sampling_client",
+        )
     if val_problems is not None:
         with timer("time/validation"):
             val_metrics, tokens = validate(
                 step, config, sampling_client, tokenizer, val_problems,
-                functions.eval_reward_fn, logger,
+                functions.eval_reward_fn, logger, waits,
             )  # fmt: skip
             metrics |= val_metrics
 
@@ -234,6 +310,7 @@ def grpo_step(
             config.group_size,
             rollout_params(config, tokenizer, step, len(problems_P)),
             collect=logger.collect,
+            waits=waits,
         )
     tokens += sampling_tokens(prompt_tokens_P, responses_P)
     with timer("time/compute_rewards"):
@@ -252,7 +329,7 @@ def grpo_step(
     trained = None
     if datums_D:
         with timer("time/training"):
-            trained = train_on(training_client, datums_D, config)
+            trained = train_on(training_client, datums_D, config, waits)
         tokens += training_tokens(datums_D)
     else:
         logger.warn(f"step {step}: no group had reward variance; training skipped")
@@ -349,7 +426,7 @@ def group_advantages(
 
 
 def train_on(
-    training_client: Any, datums_D: list[tinker.Datum], config: Config
+    training_client: Any, datums_D: list[tinker.Datum], config: Config, waits: Waits
 ) -> tuple[tinker.ForwardBackwardOutput, tinker.OptimStepResponse]:
     """forward_backward (ppo) then optim_step, both submitted before waiting on either."""
     fb_future = training_client.forward_backward(
@@ -361,7 +438,10 @@ def train_on(
         },
     )
     optim_future = training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate))
-    return fb_future.result(), optim_future.result()
+    return (
+        waits.training(fb_future, "forward_backward"),
+        waits.training(optim_future, "optim_step"),
+    )
 
 
 def training_metrics(
@@ -398,6 +478,7 @@ def validate(
     problems: Sequence[Problem],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
+    waits: Waits,
 ) -> tuple[dict[str, float], Tokens]:
     """Greedy accuracy under the validation reward (the task's unless a flag plugs another),
     whatever reward the training uses; and the tokens its requests read and generated."""
@@ -409,6 +490,7 @@ def validate(
         config.use_r1_zero_format,
         config.sampling_max_tokens,
         collect=logger.collect,
+        waits=waits,
     )
     logger.write_eval_samples(step, records)
     return metrics, Tokens(
@@ -424,15 +506,19 @@ def final_validation(
     problems: Sequence[Problem],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
+    waits: Waits,
 ) -> tuple[dict[str, float], Tokens]:
     """Validation of the final weights, logged as the row of step `n_grpo_steps`."""
     timer = Timer(("time/save_weights", "time/validation"))
     with timer("time/save_weights"):
-        sampling_client = training_client.save_weights_and_get_sampling_client().result()
+        sampling_client = waits.training(
+            training_client.save_weights_and_get_sampling_client(),
+            "save_weights_and_get_sampling_client",
+        )
     with timer("time/validation"):
         metrics, tokens = validate(
             config.n_grpo_steps, config, sampling_client, tokenizer, problems, eval_reward_fn,
-            logger,
+            logger, waits,
         )  # fmt: skip
     row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}
     return row | timer.totals(), tokens

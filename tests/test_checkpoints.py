@@ -11,7 +11,7 @@ class FakeFuture:
     def __init__(self, value):
         self.value = value
 
-    def result(self):
+    def result(self, timeout=None):
         return self.value
 
 

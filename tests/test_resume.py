@@ -60,7 +60,7 @@ def test_a_vanished_checkpoint_falls_back_to_the_one_before_it(run, tmp_path, ca
 def test_when_no_checkpoint_loads_the_run_stops_and_deletes_nothing(run, tmp_path):
     run(4)
     metrics = (tmp_path / "metrics.jsonl").read_bytes()
-    with pytest.raises(RunStateError, match=r"none of the 2 checkpoints in .*index.jsonl loads"):
+    with pytest.raises(RunStateError, match=r"none of the 2 saved states in .*checkpoints loads"):
         run(6, states={})
     assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
 
