@@ -7,6 +7,7 @@ state only, short-lived, the previous one released) bound what a fault makes the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
@@ -94,9 +95,12 @@ def save_rolling(
     tokens: Tokens,
     *,
     wait: Callable[[Any, str], Any] = lambda future, name: future.result(),
+    release: Callable[[str], None] | None = None,
 ) -> Checkpoint:
     """Save the training state alone as the rolling resume point of `step`, short-lived (the
-    service's minimum lifetime: long enough to resume a run that died)."""
+    service's minimum lifetime: long enough to resume a run that died), then `release` the
+    one it replaces (storage is billed; a release that fails is left to the TTL)."""
+    previous = _entries(rolling_index_path(log_path))[-1:]
     name = f"rolling_{step:06d}"
     future = training_client.save_state(name, ttl_seconds=MIN_TTL_S, overwrite=True)
     path = wait(future, f"save_state({name})").path
@@ -104,6 +108,9 @@ def save_rolling(
         step=step, state_path=path, sampler_path="", cursor=cursor, seed=seed, tokens=tokens
     )
     append_json_line(rolling_index_path(log_path), dataclasses.asdict(checkpoint))
+    if release is not None and previous and previous[0].state_path != path:
+        with contextlib.suppress(Exception):
+            release(previous[0].state_path)
     return checkpoint
 
 
@@ -119,9 +126,9 @@ def checkpoints(log_path: str | Path) -> list[Checkpoint]:
 
 
 def resume_points(log_path: str | Path) -> list[Checkpoint]:
-    """Every saved state a run can resume from, periodic and rolling, oldest first (a
-    periodic checkpoint after a rolling save of the same step)."""
-    rolling, periodic = _entries(rolling_index_path(log_path)), checkpoints(log_path)
+    """Every saved state a run can resume from, oldest first: the periodic checkpoints and
+    the newest rolling save (each released the one before it), after a checkpoint of its step."""
+    rolling, periodic = _entries(rolling_index_path(log_path))[-1:], checkpoints(log_path)
     return sorted([*rolling, *periodic], key=lambda c: c.step)
 
 

@@ -147,6 +147,7 @@ def train(
     )
     training_client, step, cursor, totals = start_or_resume(service_client, config, logger, waits)
     start_step = step
+    release = checkpoint_release(service_client, waits)
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
     val_problems = [test_problems[i] for i in val_indices]
@@ -171,7 +172,7 @@ def train(
             )  # fmt: skip
             done, next_totals = step + 1, totals + tokens
             logger.log(row | usage_metrics(tokens, next_totals, price) | waits.faults.take())
-            save(training_client, config, done, next_cursor, next_totals, waits, furthest)
+            save(training_client, config, done, next_cursor, next_totals, waits, furthest, release)
         except TrainingFault as fault:
             failures[step] += 1
             if failures[step] >= config.request_attempts:
@@ -214,6 +215,7 @@ def save(
     totals: Tokens,
     waits: Waits,
     furthest: int,
+    release: Callable[[str], None] | None,
 ) -> None:
     """After `done` steps: a checkpoint every `save_every` and at the end (kept for good), else
     a rolling save every `rolling_save_every`. A save of a redone step replaces its first."""
@@ -225,8 +227,21 @@ def save(
         )  # fmt: skip
     elif config.rolling_save_every and done % config.rolling_save_every == 0:
         save_rolling(
-            training_client, config.log_path, done, cursor, config.seed, totals, wait=waits.training
-        )
+            training_client, config.log_path, done, cursor, config.seed, totals,
+            wait=waits.training, release=release,
+        )  # fmt: skip
+
+
+def checkpoint_release(service_client: Any, waits: Waits) -> Callable[[str], None] | None:
+    """Deletes a checkpoint by its tinker path through the SDK's REST client (the cloud, the
+    local server); None for the in-process backends and recorded runs, whose clients have no
+    REST surface to record: their rolling saves are left to the one-hour TTL."""
+    if not isinstance(service_client, tinker.ServiceClient):
+        return None
+    rest_client = service_client.create_rest_client()
+    return lambda path: waits.training(
+        rest_client.delete_checkpoint_from_tinker_path(path), f"deleting {path}"
+    )
 
 
 def start_or_resume(

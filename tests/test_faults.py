@@ -159,3 +159,16 @@ def test_a_permanent_fault_is_one_line_and_exit_1_at_the_command_line(
     err = capsys.readouterr().err
     assert "error: the run stopped: create_lora_training_client failed" in err
     assert "rerun the same command to resume" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_rolling_save_releases_the_one_before_it_through_the_sdk(
+    tmp_path, tiny_model_dir, gsm8k_dir
+):
+    flags = [*FLAGS, "--backend=local-server", "--n_grpo_steps=3", "--save_every=10",
+             "--rolling_save_every=1", f"--model_name={tiny_model_dir}",
+             f"--dataset_path={gsm8k_dir}", f"--log_path={tmp_path}"]  # fmt: skip
+    assert main(flags, reward_fn=varied_reward) == 0
+    kept = sorted(p.name for p in (tmp_path / "tinker-storage").rglob("rolling_*"))
+    assert kept == ["rolling_000002"]  # rolling_000001 was deleted once 2 was saved
+    assert [p.step for p in resume_points(tmp_path)] == [2, 3]
