@@ -17,6 +17,7 @@ import tyro
 from rich.console import Console
 
 from harness.backends import open_service_client, scores_hook
+from harness.backends.cassette import CassetteError
 from harness.backends.replay import ReplayError, recorded_header, recorded_reward_fn
 from harness.checkpoints import RunStateError, checkpoints
 from harness.config import (
@@ -76,6 +77,7 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         RunStateError,
         PriceTableError,
         EstimateError,
+        CassetteError,
     ) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
@@ -121,7 +123,7 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
             highlight=False,
         )
         return 1
-    except RunStateError as e:
+    except (RunStateError, CassetteError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -260,11 +261,7 @@ def _check_dataset_folder(folder: Path) -> None:
 
 def _check_local_model(model_name: str) -> None:
     if Path(model_name).is_dir():
-        if not (Path(model_name) / "config.json").is_file():
-            raise ConfigError(
-                f"--model_name={model_name}: the folder has no config.json "
-                "(not a Hugging Face model directory)"
-            )
+        _check_model_folder(Path(model_name), f"--model_name={model_name}")
         return
     if not _in_hub_cache(model_name):
         raise ConfigError(
@@ -272,6 +269,30 @@ def _check_local_model(model_name: str) -> None:
             "cache (the hub is unreachable offline); pass a local model directory such as "
             "--model_name=fixtures/tiny-qwen3, or use --backend=tinker"
         )
+
+
+# What transformers loads weights from: safetensors (maybe sharded) or PyTorch's format.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _check_model_folder(folder: Path, flag: str) -> None:
+    """A Hugging Face model folder the local backend can load, or a one-line ConfigError
+    (transformers would fail later, with a long traceback)."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(
+            f"{flag}: the folder has no config.json (not a Hugging Face model directory)"
+        )
+    try:
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{flag}: {config_file} is not valid JSON ({e})") from None
+    if not isinstance(model_config, dict) or "model_type" not in model_config:
+        raise ConfigError(
+            f"{flag}: {config_file} has no model_type (not a Hugging Face model config)"
+        )
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ConfigError(f"{flag}: the folder holds no weights ({' or '.join(WEIGHT_FILES)})")
 
 
 def _in_hub_cache(model_name: str) -> bool:

@@ -103,6 +103,22 @@ def test_group_size_one_is_fine_without_std_normalization(tiny_model_dir, gsm8k_
     )
 
 
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"config.json": "{not json"}, "config.json is not valid JSON"),
+        ({"config.json": '{"vocab_size": 10}'}, "config.json has no model_type"),
+        ({"config.json": '{"model_type": "qwen3"}'}, "the folder holds no weights"),
+    ],
+)
+def test_a_broken_model_folder_is_one_line(tmp_path, gsm8k_dir, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        validate(local(tmp_path, gsm8k_dir), environ={})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_dataset_folder_must_hold_both_splits(tmp_path, tiny_model_dir):
     (tmp_path / "train.jsonl").write_text("{}\n")
     config = Config(backend="local", model_name=str(tiny_model_dir), dataset_path=str(tmp_path))

@@ -15,6 +15,7 @@ from harness.cli import check_resumed_config, main, parse_config
 from harness.config import Config, config_changes
 from harness.data import load_gsm8k
 from harness.jsonl import append_json_line, read_json_lines
+from harness.logger import RunLogger
 from tests.support.scripted_backend import scripted_run
 
 FLAGS = [
@@ -127,3 +128,16 @@ def test_an_empty_config_json_is_one_clear_error_and_stays(
     assert main(cli_flags(tmp_path, gsm8k_dir, tiny_model_dir)) == 2
     assert "config.json is empty or not JSON" in capsys.readouterr().err
     assert (tmp_path / "config.json").read_text() == ""
+
+
+def test_an_unreadable_metrics_line_is_kept_aside_not_deleted_on_resume(tmp_path, capsys):
+    config = Config(log_path=str(tmp_path))
+    rows = [{"progress/grpo_step": float(s), "reward/mean": 0.1 * s} for s in range(4)]
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(2, '{"progress/grpo_step": 1.5, "rew')  # a line cut short in the middle
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    RunLogger(config, Console(stderr=True, soft_wrap=True)).drop_rows_from(3)
+    assert read_json_lines(tmp_path / "metrics.jsonl") == rows[:3]
+    kept = (tmp_path / "metrics.unreadable.txt").read_text()
+    assert kept == '{"progress/grpo_step": 1.5, "rew\n'
+    assert "metrics.jsonl: line 3 does not read as JSON" in capsys.readouterr().err
