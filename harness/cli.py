@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -126,6 +127,15 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     except (RunStateError, CassetteError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        console.print(
+            f"[bold red]error:[/] no space left writing {e.filename or 'the run folder'}; free"
+            " space and rerun the same command to resume",
+            highlight=False,
+        )
+        return 1
     except KeyboardInterrupt:
         console.print(
             "interrupted: rerun the same command to resume from the last checkpoint in "

@@ -172,3 +172,27 @@ def test_a_rolling_save_releases_the_one_before_it_through_the_sdk(
     kept = sorted(p.name for p in (tmp_path / "tinker-storage").rglob("rolling_*"))
     assert kept == ["rolling_000002"]  # rolling_000001 was deleted once 2 was saved
     assert [p.step for p in resume_points(tmp_path)] == [2, 3]
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_leaves_no_staging_files_and_a_rerun_resumes(
+    undisturbed, tmp_path, tiny_model_dir, gsm8k_dir, capsys, monkeypatch
+):
+    from harness.backends.local import training
+
+    def full_disk(model, directory):
+        (directory / "adapter_model.safetensors").write_bytes(b"\0" * 100)  # partly written
+        raise RuntimeError("Error while serializing: No space left on device (os error 28)")
+
+    flags = [*FLAGS, f"--model_name={tiny_model_dir}", f"--dataset_path={gsm8k_dir}",
+             f"--log_path={tmp_path}"]  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "save_weights", full_disk)
+        assert main(flags, reward_fn=varied_reward) == 1
+    err = capsys.readouterr().err
+    assert "no space left writing tinker://" in err and "free space and rerun" in err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "tinker-storage").rglob("*.tmp"))
+    assert main(flags, reward_fn=varied_reward) == 0
+    assert without_faults(read_json_lines(tmp_path / "metrics.jsonl")) == undisturbed
+    assert optimizer_steps(tmp_path) == 4
