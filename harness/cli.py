@@ -17,7 +17,7 @@ from pathlib import Path
 import tyro
 from rich.console import Console
 
-from harness.backends import open_service_client, scores_hook
+from harness.backends import check_reachable, open_service_client, scores_hook
 from harness.backends.cassette import CassetteError
 from harness.backends.replay import ReplayError, recorded_header, recorded_reward_fn
 from harness.checkpoints import RunStateError, checkpoints
@@ -65,6 +65,8 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         if config.estimate_cost:
             return print_estimate(config, train_problems, test_problems, prices)
         check_resumed_config(config, console)
+        if resolve_backend(config, os.environ) == "tinker":
+            check_reachable(config.base_url)
         functions = load_run_functions(config)
         # Before any client exists: a plugged function that cannot run costs nothing.
         warnings = preflight(functions, config, first_ground_truths(config, train_problems))

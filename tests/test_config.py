@@ -1,8 +1,9 @@
 import dataclasses
+import socket
 
 import pytest
 
-from harness.cli import parse_config
+from harness.cli import main, parse_config
 from harness.config import Config, ConfigError, resolve_backend, validate
 
 ORIGINAL_README_DEFAULTS = {
@@ -135,3 +136,18 @@ def test_tinker_backend_needs_a_key():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().group_size = 3  # type: ignore[misc]
+
+
+def test_a_key_without_a_reachable_service_is_one_line_before_any_call(
+    gsm8k_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("TINKER_API_KEY", "tml-unreachable-test")
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused at once
+    url = f"http://127.0.0.1:{port.getsockname()[1]}"
+    flags = [f"--base_url={url}", f"--dataset_path={gsm8k_dir}", f"--log_path={tmp_path}"]
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach the Tinker service at {url}")
+    assert err.count("\n") == 1 and not (tmp_path / "config.json").exists()
+    port.close()

@@ -9,11 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.config import Config, resolve_backend
+from harness.config import Config, ConfigError, resolve_backend
+
+
+def check_reachable(base_url: str | None, timeout_s: float = 5.0) -> None:
+    """Raise ConfigError in one line when the Tinker service's host does not take a connection:
+    offline, the SDK would retry for minutes before saying anything."""
+    from tinker.lib.base_url import resolve_base_url
+
+    url = urllib.parse.urlsplit(resolve_base_url(base_url))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot reach the Tinker service at {url.geturl()} ({error}); check the network,"
+            " or run offline with --backend=local"
+        ) from None
 
 
 @contextlib.contextmanager
