@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -238,7 +239,11 @@ def checkpoint_release(service_client: Any, waits: Waits) -> Callable[[str], Non
     REST surface to record: their rolling saves are left to the one-hour TTL."""
     if not isinstance(service_client, tinker.ServiceClient):
         return None
-    rest_client = service_client.create_rest_client()
+    with warnings.catch_warnings():
+        # Deprecated in favour of tinker.RestClient(base_url, api_key), which the loop cannot
+        # build: the service client alone knows them (a local server makes its own key).
+        warnings.simplefilter("ignore", FutureWarning)
+        rest_client = service_client.create_rest_client()
     return lambda path: waits.training(
         rest_client.delete_checkpoint_from_tinker_path(path), f"deleting {path}"
     )

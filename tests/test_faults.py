@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.backends.local import LocalServiceClient
+from harness.backends.local.training import saved_optimizer_steps
 from harness.checkpoints import last_checkpoint, resume_points
 from harness.cli import main, parse_config
 from harness.data import load_gsm8k
@@ -52,10 +52,7 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 def optimizer_steps(log_path: Path) -> int:
     """Steps the optimizer took, as its saved state counts them (not as the loop does)."""
-    storage = log_path / "tinker-storage"
-    path = last_checkpoint(log_path).state_path.removeprefix("tinker://")
-    state = torch.load(storage / path / "optimizer.pt", weights_only=True)
-    return {int(s["step"]) for s in state["state"].values()}.pop()
+    return saved_optimizer_steps(log_path / "tinker-storage", last_checkpoint(log_path).state_path)
 
 
 @pytest.fixture(scope="module")
