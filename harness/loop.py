@@ -26,7 +26,14 @@ from harness.checkpoints import last_checkpoint, save_checkpoint
 from harness.config import Config
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
-from harness.evaluation import RewardFn, evaluate, validation_subset
+from harness.evaluation import (
+    Question,
+    RewardFn,
+    Sampling,
+    evaluate,
+    validation_metrics,
+    validation_subset,
+)
 from harness.grpo import constant_groups, group_normalized_advantages
 from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
@@ -83,7 +90,7 @@ def train(
     training_client, start_step, cursor = start_or_resume(service_client, config, logger)
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
-    val_problems = [test_problems[i] for i in val_indices]
+    val_questions = [(i, test_problems[i]) for i in val_indices]
 
     for step in range(start_step, config.n_grpo_steps):
         batch_indices, cursor = next_batch(
@@ -92,14 +99,14 @@ def train(
         problems_P = [train_problems[i] for i in batch_indices]
         row = grpo_step(
             step, config, training_client, tokenizer, problems_P, reward_fn, logger,
-            val_problems=val_problems if step % config.eval_every == 0 else None,
+            val_questions=val_questions if step % config.eval_every == 0 else None,
         )  # fmt: skip
         logger.log(row)
         done = step + 1
         if done % config.save_every == 0 or done == config.n_grpo_steps:
             save_checkpoint(training_client, config.log_path, done, cursor, config.seed)
 
-    final_row = final_validation(config, training_client, tokenizer, val_problems, logger)
+    final_row = final_validation(config, training_client, tokenizer, val_questions, logger)
     logger.log(final_row)
     return RunResult(
         steps_run=config.n_grpo_steps - start_step, resumed_from=start_step, final_metrics=final_row
@@ -132,15 +139,15 @@ def grpo_step(
     problems_P: Sequence[Problem],
     reward_fn: RewardFn,
     logger: RunLogger,
-    val_problems: Sequence[Problem] | None,
+    val_questions: Sequence[Question] | None,
 ) -> dict[str, float]:
     timer = Timer(TIME_KEYS)
     metrics: dict[str, float] = {}
     with timer("time/save_weights"):
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
-    if val_problems is not None:
+    if val_questions is not None:
         with timer("time/validation"):
-            metrics |= validate(step, config, sampling_client, tokenizer, val_problems, logger)
+            metrics |= validate(step, config, sampling_client, tokenizer, val_questions, logger)
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
@@ -284,28 +291,36 @@ def validate(
     config: Config,
     sampling_client: Any,
     tokenizer: Any,
-    problems: Sequence[Problem],
+    questions: Sequence[Question],
     logger: RunLogger,
 ) -> dict[str, float]:
-    """Greedy accuracy under the task's own reward, whatever reward the training uses."""
-    metrics, records = evaluate(
+    """Accuracy (greedy by default) under the task's own reward, whatever reward the training
+    uses."""
+    sampling = Sampling(
+        max_tokens=config.sampling_max_tokens,
+        num_samples=config.eval_num_samples,
+        temperature=config.eval_temperature,
+        seed=config.seed,
+        step=step,
+    )
+    records = evaluate(
         sampling_client,
         tokenizer,
-        problems,
+        questions,
         make_reward_fn(config.use_r1_zero_format),
         config.use_r1_zero_format,
-        config.sampling_max_tokens,
+        sampling,
         collect=logger.collect,
     )
     logger.write_eval_samples(step, records)
-    return metrics
+    return validation_metrics(records)
 
 
 def final_validation(
     config: Config,
     training_client: Any,
     tokenizer: Any,
-    problems: Sequence[Problem],
+    questions: Sequence[Question],
     logger: RunLogger,
 ) -> dict[str, float]:
     """Validation of the final weights, logged as the row of step `n_grpo_steps`."""
@@ -314,7 +329,7 @@ def final_validation(
         sampling_client = training_client.save_weights_and_get_sampling_client().result()
     with timer("time/validation"):
         metrics = validate(
-            config.n_grpo_steps, config, sampling_client, tokenizer, problems, logger
+            config.n_grpo_steps, config, sampling_client, tokenizer, questions, logger
         )
     return {
         STEP_KEY: float(config.n_grpo_steps),
