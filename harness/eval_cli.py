@@ -293,15 +293,16 @@ def interval_text(estimate: stats.Estimate) -> str:
 def print_steps(summaries: list[dict[str, Any]], config: EvalConfig, console: Console) -> None:
     """The accuracy-vs-step table (with the run's own validation where it logged one at that
     step) and its plot."""
-    in_loop, loop_column = {}, "run's validation"
+    in_loop, caption = {}, None
     if config.run is not None and (Path(config.run) / "metrics.jsonl").is_file():
         rows = read_json_lines(Path(config.run) / "metrics.jsonl")
         in_loop = {int(r[STEP_KEY]): r["val/accuracy"] for r in rows if "val/accuracy" in r}
         eval_n = json.loads((Path(config.run) / "config.json").read_text()).get("eval_n")
-        loop_column += f" ({eval_n} questions)"
+        caption = f"in-run val: the run's own val/accuracy on its {eval_n} validation questions"
     names = list(summaries[0]["metrics"])
-    table = Table(title=f"{summaries[0]['n_questions']} test questions, 95% intervals")
-    for column in ("step", *names, loop_column):
+    title = f"{summaries[0]['n_questions']} test questions, 95% intervals"
+    table = Table(title=title, caption=caption)
+    for column in ("step", *names, "in-run val"):
         table.add_column(column, justify="right")
     for summary in summaries:
         cells = [interval_text(stats.Estimate(**summary["metrics"][n])) for n in names]
