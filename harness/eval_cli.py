@@ -189,6 +189,8 @@ def storage_dir(config: EvalConfig) -> Path | None:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_eval_config(argv)
     console = Console(soft_wrap=True)
+    if not console.is_terminal:  # a file or pipe: tables at full width, not squeezed into 80
+        console.width = 200
     if config.compare:
         return compare_main(config.compare, console)
     try:
@@ -299,7 +301,7 @@ def print_steps(summaries: list[dict[str, Any]], config: EvalConfig, console: Co
         in_loop = {int(r[STEP_KEY]): r["val/accuracy"] for r in rows if "val/accuracy" in r}
         eval_n = json.loads((Path(config.run) / "config.json").read_text()).get("eval_n")
         caption = f"in-run val: the run's own val/accuracy on its {eval_n} validation questions"
-    names = list(summaries[0]["metrics"])
+    names = headline(summaries[0])
     title = f"{summaries[0]['n_questions']} test questions, 95% intervals"
     table = Table(title=title, caption=caption)
     for column in ("step", *names, "in-run val"):
@@ -313,6 +315,14 @@ def print_steps(summaries: list[dict[str, Any]], config: EvalConfig, console: Co
     console.print(f"plot: {out}", highlight=False)
 
 
+def headline(summary: dict[str, Any]) -> list[str]:
+    """The metrics a table or plot shows: accuracy and format accuracy, and with k answers per
+    question pass@k and maj@k (every pass@k' is in the summaries)."""
+    k = summary["num_samples"]
+    extra = [f"pass@{k}", f"maj@{k}"] if k > 1 else []
+    return ["accuracy", "format_accuracy", *extra]
+
+
 def plot_steps(summaries: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib
 
@@ -321,7 +331,7 @@ def plot_steps(summaries: list[dict[str, Any]], out: Path) -> Path:
 
     steps = [s["step"] for s in summaries]
     figure, axes = plt.subplots(figsize=(6, 4))
-    for name in summaries[0]["metrics"]:
+    for name in headline(summaries[0]):
         values = [stats.Estimate(**s["metrics"][name]) for s in summaries]
         axes.plot(steps, [e.value for e in values], "o-", label=name)
         axes.fill_between(
