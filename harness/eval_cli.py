@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tinker
 import tyro
 from rich.console import Console
 from rich.table import Table
@@ -188,18 +189,18 @@ def storage_dir(config: EvalConfig) -> Path | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_eval_config(argv)
-    console = Console(soft_wrap=True)
+    console, errors = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
     if not console.is_terminal:  # a file or pipe: tables at full width, not squeezed into 80
         console.width = 200
     if config.compare:
-        return compare_main(config.compare, console)
+        return compare_main(config.compare, console, errors)
     try:
         config = resolved(config)
         check(config)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
         chosen = targets(config)
     except (ConfigError, DatasetUnavailable) as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        errors.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
     indices = (
         validation_subset(len(test_problems), config.eval_n, config.seed)
@@ -219,11 +220,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open_service_client(config, os.environ, storage_dir=storage_dir(config)) as service:
             for target in chosen:
                 summaries.append(evaluate_target(config, service, target, questions, console))
+    except ConfigError as e:
+        errors.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
     except ReplayError as e:
-        console.print(f"[bold red]replay error:[/] {e}", highlight=False)
+        errors.print(f"[bold red]replay error:[/] {e}", highlight=False)
         return 1
     except KeyboardInterrupt:
-        console.print("interrupted: evaluations finished so far are in " + config.log_path)
+        errors.print(f"interrupted: evaluations finished so far are in {config.log_path}")
         return 130
     if len(summaries) > 1:
         print_steps(summaries, config, console)
@@ -241,10 +245,7 @@ def evaluate_target(
 ) -> dict[str, Any]:
     """Sample, score and record one model; write its samples and summary; print the summary."""
     start = time.perf_counter()
-    if target.path is None:
-        client = service.create_sampling_client(base_model=config.model_name).result()
-    else:
-        client = service.create_sampling_client(model_path=target.path).result()
+    client = sampling_client(service, config, target)
     sampling = Sampling(
         max_tokens=config.sampling_max_tokens,
         num_samples=config.num_samples,
@@ -286,6 +287,17 @@ def evaluate_target(
         highlight=False,
     )
     return summary
+
+
+def sampling_client(service: Any, config: EvalConfig, target: Target) -> Any:
+    """The target's sampler; a checkpoint the backend cannot find is a user mistake."""
+    if target.path is None:
+        return service.create_sampling_client(base_model=config.model_name).result()
+    try:
+        return service.create_sampling_client(model_path=target.path).result()
+    except (FileNotFoundError, tinker.NotFoundError, tinker.RequestFailedError) as e:
+        hint = "; with a local backend, --storage_dir names the tinker-storage/ folder holding it"
+        raise ConfigError(f"--checkpoint={target.path}: {e}{hint}") from None
 
 
 def interval_text(estimate: stats.Estimate) -> str:
@@ -349,14 +361,13 @@ def plot_steps(summaries: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def compare_main(folders: Sequence[str], console: Console) -> int:
-    if len(folders) != 2:
-        console.print(f"[bold red]error:[/] --compare takes two folders, got {len(folders)}")
-        return 2
+def compare_main(folders: Sequence[str], console: Console, errors: Console) -> int:
     try:
+        if len(folders) != 2:
+            raise ConfigError(f"--compare takes two folders, got {len(folders)}")
         print_comparison(Path(folders[0]), Path(folders[1]), console)
     except ConfigError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        errors.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
     return 0
 

@@ -21,8 +21,8 @@ ARITH = [
     "--use_r1_zero_format=False",
     "--sampling_max_tokens=48",
     "--eval_n=24",
-    "--learning_rate=1e-3",
 ]
+TRAIN = [*ARITH, "--learning_rate=1e-3"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,7 +30,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def greedy_run(tmp_path_factory):
     """The smoke configuration on the warm-started arithmetic model: checkpoints at 2, 4, 5."""
     log_path = tmp_path_factory.mktemp("greedy-run")
-    assert train_main([*SMOKE, *ARITH, f"--log_path={log_path}"]) == 0
+    assert train_main([*SMOKE, *TRAIN, f"--log_path={log_path}"]) == 0
     return log_path
 
 
@@ -89,11 +89,22 @@ def test_comparing_two_evaluations_prints_the_paired_difference(evaluated, capsy
     assert f"{base:.3f}" in line and f"{final:.3f}" in line and f"{final - base:+.3f} [" in line
 
 
+def test_one_checkpoint_evaluates_from_the_storage_folder_it_lives_in(greedy_run, tmp_path, capsys):
+    final = read_json_lines(greedy_run / "checkpoints" / "index.jsonl")[-1]["sampler_path"]
+    argv = [*ARITH, f"--checkpoint={final}", f"--log_path={tmp_path}"]
+    assert main(argv) == 2  # the local backend looks in --log_path's tinker-storage/
+    error = capsys.readouterr().err
+    assert f"--checkpoint={final}: no checkpoint at" in error and "--storage_dir" in error
+    assert main([*argv, f"--storage_dir={greedy_run / 'tinker-storage'}"]) == 0
+    summary = json.loads((tmp_path / "step_000005" / "summary.json").read_text())
+    assert summary["metrics"]["accuracy"]["value"] == validation_rows(greedy_run)[5]["val/accuracy"]
+
+
 def test_sampled_validation_and_a_sampled_evaluation_draw_the_same_answers(tmp_path):
     run, out = tmp_path / "run", tmp_path / "evaluation"
     sampled = ["--eval_temperature=1.0", "--eval_num_samples=3"]
     flags = ["--n_grpo_steps=2", "--rollout_batch_size=8", "--group_size=2", "--save_every=2"]
-    assert train_main([*flags, *ARITH, *sampled, f"--log_path={run}"]) == 0
+    assert train_main([*flags, *TRAIN, *sampled, f"--log_path={run}"]) == 0
     argv = [f"--run={run}", "--eval_n=24", "--num_samples=3", "--temperature=1.0"]
     assert main([*argv, f"--log_path={out}"]) == 0
 
