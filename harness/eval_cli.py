@@ -36,6 +36,7 @@ from harness.config import (
 )
 from harness.data import DatasetUnavailable, load_problems
 from harness.evaluation import (
+    Question,
     Sampling,
     estimates,
     evaluate,
@@ -240,7 +241,7 @@ def evaluate_target(
     config: EvalConfig,
     service: Any,
     target: Target,
-    questions: Sequence[tuple[int, Any]],
+    questions: Sequence[Question],
     console: Console,
 ) -> dict[str, Any]:
     """Sample, score and record one model; write its samples and summary; print the summary."""
@@ -268,9 +269,7 @@ def evaluate_target(
         "name": target.name,
         "step": target.step,
         "checkpoint": target.path,
-        **{k: getattr(config, k) for k in ("model_name", "dataset", "dataset_path")},
-        **{k: getattr(config, k) for k in ("use_r1_zero_format", "sampling_max_tokens", "seed")},
-        "eval_n": config.eval_n,
+        **{k: getattr(config, k) for k in (*FROM_RUN, "eval_n")},
         "n_questions": len(questions),
         "num_samples": config.num_samples,
         "temperature": config.temperature,
