@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import tyro
 from rich.console import Console
 
-from harness.backends import open_service_client
-from harness.backends.replay import ReplayError, recorded_reward_fn
-from harness.config import Config, ConfigError, resolve_backend, validate
-from harness.data import DatasetUnavailable, load_problems
+from harness.backends import open_service_client, scores_hook
+from harness.backends.replay import ReplayError, recorded_header, recorded_reward_fn
+from harness.checkpoints import RunStateError, checkpoints
+from harness.config import (
+    RESUMABLE_CHANGES,
+    Config,
+    ConfigError,
+    config_changes,
+    resolve_backend,
+    validate,
+)
+from harness.cost import Price, PriceTableError, load_price_table
+from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
+from harness.estimate import EstimateError, format_plan, load_tokenizer, plan_run
 from harness.evaluation import RewardFn
+from harness.jsonl import write_atomically
 from harness.logger import RunLogger
 from harness.loop import RunResult, train
+from harness.plugins import (
+    PluginError,
+    RunFunctions,
+    changed_since_recording,
+    load_run_functions,
+    preflight,
+)
+from harness.resilience import RunFailed
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -35,13 +57,32 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         validate(config)
         if reward_fn is None and config.backend == "replay":
             reward_fn = recorded_reward_fn(config.cassette)
+        prices = load_price_table(config.price_table)
         train_problems = load_problems(config.dataset, "train", config.dataset_path)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
-    except (ConfigError, DatasetUnavailable) as e:
+        if config.estimate_cost:
+            return print_estimate(config, train_problems, test_problems, prices)
+        check_resumed_config(config, console)
+        functions = load_run_functions(config)
+        # Before any client exists: a plugged function that cannot run costs nothing.
+        warnings = preflight(functions, config, first_ground_truths(config, train_problems))
+        if config.backend == "replay":
+            warnings += changed_since_recording(
+                functions, recorded_header(config.cassette).get("plugged") or {}
+            )
+    except (
+        ConfigError,
+        DatasetUnavailable,
+        RunStateError,
+        PriceTableError,
+        EstimateError,
+    ) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    save_config(config)  # only now: a run refused above leaves its folder as it was
 
-    warn_if_config_changed(config, console)
     backend = resolve_backend(config, os.environ)
     console.print(
         f"GRPO on {config.model_name} via the {backend} backend: {config.n_grpo_steps} steps of "
@@ -49,14 +90,40 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         f"{config.log_path}",
         highlight=False,
     )
+    console.print(describe_functions(functions, reward_fn), highlight=False)
     logger = RunLogger(config, console)
     start = time.perf_counter()
     try:
-        with open_service_client(config, os.environ, reward_fn) as service_client:
-            result = train(config, service_client, train_problems, test_problems, logger, reward_fn)
+        with (
+            _interrupt_once(),
+            open_service_client(
+                config, os.environ, reward_fn, plugged=functions.header()
+            ) as service_client,
+        ):
+            result = train(
+                config, service_client, train_problems, test_problems, logger,
+                functions.training_reward() or reward_fn,
+                prices=prices,
+                eval_reward_fn=functions.validation_reward(),
+                advantages_fn=functions.advantages(),
+                on_scores=scores_hook(service_client),
+            )  # fmt: skip
     except ReplayError as e:
         console.print(f"[bold red]replay error:[/] {e}", highlight=False)
         return 1
+    except PluginError as e:  # a plugged function that passed the probe fails on real data
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 1
+    except RunFailed as e:
+        console.print(
+            f"[bold red]error:[/] the run stopped: {e}\n  its state is saved: rerun the same"
+            f" command to resume from {Path(config.log_path) / 'checkpoints'}",
+            highlight=False,
+        )
+        return 1
+    except RunStateError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
     except KeyboardInterrupt:
         console.print(
             "interrupted: rerun the same command to resume from the last checkpoint in "
@@ -70,30 +137,111 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     return 0
 
 
-def warn_if_config_changed(config: Config, console: Console) -> None:
-    """Keep the run's config beside its logs; say so when a resumed run changes it."""
+@contextlib.contextmanager
+def _interrupt_once() -> Iterator[None]:
+    """The first Ctrl-C stops the run; later ones are ignored from then on: the teardown
+    waits for the backend's request in flight, and a thread still in torch when the
+    interpreter exits aborts the process (exit 134 instead of 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    yield
+    signal.signal(signal.SIGINT, previous)  # not reached after a Ctrl-C: the process is leaving
+
+
+def first_ground_truths(config: Config, train_problems: Sequence[Problem]) -> list[str]:
+    """The ground truths of the first batch's first questions, for probing rewards."""
+    indices, _ = next_batch(
+        BatchCursor(), len(train_problems), config.rollout_batch_size, config.seed
+    )
+    return [train_problems[i].ground_truth for i in indices[:4]]
+
+
+def describe_functions(functions: RunFunctions, reward_fn: RewardFn | None) -> str:
+    """Which reward each metric comes from, and what computes the advantages."""
+    task = "the task's gsm8k_reward_fn"
+    seam = getattr(reward_fn, "__qualname__", None)
+    training = functions.reward_fn.name if functions.reward_fn else seam or task
+    validation = functions.eval_reward_fn.name if functions.eval_reward_fn else task
+    advantages = (
+        functions.adapters.name if functions.adapters else "harness.grpo"
+    ) + " (the loss stays Tinker's ppo)"
+    return f"  reward/* from {training}; val/* from {validation}; advantages from {advantages}"
+
+
+def print_estimate(
+    config: Config,
+    train_problems: Sequence[Problem],
+    test_problems: Sequence[Problem],
+    prices: Mapping[str, Price],
+) -> int:
+    """`--estimate_cost`: the plan on stdout, and no client of any service is made."""
+    tokenizer, note = load_tokenizer(config.model_name)
+    plan = plan_run(config, tokenizer, train_problems, test_problems)
+    print(format_plan(config, plan, note, prices.get(config.model_name)))
+    return 0
+
+
+def check_resumed_config(config: Config, console: Console) -> None:
+    """Resuming a run with another value of a flag that changes what a step means is refused
+    (ConfigError) with every such difference; the flags that may change are noted."""
     path = Path(config.log_path) / "config.json"
-    current = dataclasses.asdict(config)
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in current if previous.get(k) != current[k])
-        if changed:
+    if path.exists() and checkpoints(config.log_path):
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(previous, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"{path} is empty or not JSON ({e}): restore it, or delete it to resume with"
+                " the flags given now"
+            ) from None
+        changes = config_changes(previous, config)
+        refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+        if refused:
+            raise ConfigError(
+                f"{config.log_path} holds a run started with other values of flags that change"
+                " what a step means: "
+                + ", ".join(
+                    f"--{k} (was {was!r}, now {now!r})" for k, (was, now) in refused.items()
+                )
+                + "; rerun with the run's values, or pass a new --log_path"
+            )
+        if changes:
             console.print(
-                "[yellow]warning:[/] this log_path was started with other values of "
-                + ", ".join(f"--{k} (was {previous.get(k)!r})" for k in changed),
+                "note: resuming with "
+                + ", ".join(f"--{k}={now} (was {was!r})" for k, (was, now) in changes.items()),
                 highlight=False,
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+def save_config(config: Config) -> None:
+    write_atomically(
+        Path(config.log_path) / "config.json",
+        json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n",
+    )
 
 
 def print_summary(config: Config, result: RunResult, seconds: float, console: Console) -> None:
     log_path = Path(config.log_path)
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     final = result.final_metrics
+    cost = f", ${final['cost/total_usd']:,.2f}" if "cost/total_usd" in final else ""
+    faults = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(result.faults.items()))
     console.print(
         f"done: {result.steps_run} steps in {seconds:.1f} s{resumed}; final validation accuracy "
         f"{final['val/accuracy']:.3f}, format accuracy {final['val/format_accuracy']:.3f}\n"
+        f"  tokens:      {final['tokens/prefill_total']:,.0f} prefill, "
+        f"{final['tokens/sampled_total']:,.0f} sampled, {final['tokens/trained_total']:,.0f} "
+        f"trained (the whole run{cost})\n"
+        f"  faults:      {faults or 'none'} (recovered in process)\n"
         f"  metrics:     {log_path / 'metrics.jsonl'}\n"
         f"  checkpoints: {log_path / 'checkpoints' / 'index.jsonl'}\n"
         f"  validation:  {log_path / 'eval'}/",

@@ -12,6 +12,10 @@ Backend = Literal["auto", "tinker", "local", "local-server", "replay"]
 Dataset = Literal["gsm8k", "arith"]
 
 
+# Tinker refuses a shorter checkpoint lifetime.
+MIN_TTL_S = 3600
+
+
 class ConfigError(ValueError):
     """A user mistake in the configuration; its message is one line, fit to print as is."""
 
@@ -84,6 +88,45 @@ class Config:
     wandb_name: str | None = None
     """Weights & Biases run name."""
 
+    # The student's own code (CS336 assignment 5).
+    adapters: str | None = None
+    """Advantages from a CS336 tests/adapters.py (its run_compute_group_normalized_rewards), or
+    from module:function / PATH.py:function of compute_group_normalized_rewards's signature.
+    Checked on a probe batch against the harness's before any paid call. The loss stays
+    Tinker's ppo (GRPO-Clip), whatever the adapters file says."""
+    reward_fn: str | None = None
+    """Training reward, module:function or PATH.py:function: (response, ground_truth) -> dict
+    with reward, format_reward, answer_reward (e.g. CS336's r1_zero_reward_fn); default: the
+    task's gsm8k_reward_fn. ground_truth is the final answer, e.g. '72'."""
+    eval_reward_fn: str | None = None
+    """Validation reward (val/*), same form; default: the task's, whatever --reward_fn says."""
+
+    # Tokens and cost.
+    price_table: str | None = None
+    """TOML price table (USD per million tokens per model) replacing the shipped one."""
+    estimate_cost: bool = False
+    """Print the run's requests, tokens and cost, then exit: no training or sampling call."""
+    assumed_response_tokens: int | None = None
+    """With --estimate_cost: mean response length to expect (default: GSM8K's reference
+    solutions' mean, measured with the model's tokenizer)."""
+
+    # Faults and recovery.
+    request_timeout_s: float = 1800.0
+    """Longest wait for a request's answer before it counts as hung. Generous: on the cloud a
+    training request waits for its clock cycle behind other users' work, and a full rollout
+    batch samples for minutes; the SDK itself gives up only after hours without progress."""
+    request_attempts: int = 5
+    """Sends of a failing sampling request, and tries of a step whose training failed, before
+    the run stops (its state saved; rerun to resume)."""
+    retry_backoff_s: float = 2.0
+    """Wait before the first resend, doubled for each next one (at most 60 s)."""
+    rolling_save_every: int = 5
+    """Also save the training state alone every N steps (1-hour TTL, the previous one
+    released), so a training fault redoes at most N-1 steps; 0: periodic checkpoints only."""
+    ttl_seconds: int | None = None
+    """Lifetime of the periodic checkpoints on the service (>= 3600, its minimum; None: they
+    never expire, and their storage is billed). The final checkpoint is always kept."""
+
     # Recording and replay.
     record_cassette: str | None = None
     """Record every client call of the run (request, response, latency) to this JSONL file."""
@@ -91,6 +134,45 @@ class Config:
     """With --backend=replay: the cassette to answer from."""
     replay_realtime: bool = False
     """With --backend=replay: sleep the recorded latencies, reproducing the run's timing."""
+
+
+# Flags a resumed run may change: how long it runs, how often it checkpoints and validates,
+# where it logs and records, and how it reaches the service. Every other flag changes what a
+# step means (the model, the data, the batch, the algorithm, the seed), so a run resumed
+# with another value would be neither the old run nor a new one.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "n_grpo_steps",
+        "save_every",
+        "eval_every",
+        "wandb_project",
+        "wandb_name",
+        "record_cassette",
+        "cassette",
+        "replay_realtime",
+        "backend",
+        "base_url",
+        "request_timeout_s",
+        "request_attempts",
+        "retry_backoff_s",
+        "rolling_save_every",
+        "ttl_seconds",
+    }
+)
+
+
+def config_changes(
+    previous: Mapping[str, object], config: Config
+) -> dict[str, tuple[object, object]]:
+    """Flag -> (value the run was started with, value now), for each flag that differs. A
+    flag the earlier run did not know (an older harness) counts as having had its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    current = dataclasses.asdict(config)
+    return {
+        name: (previous.get(name, defaults[name]), value)
+        for name, value in current.items()
+        if previous.get(name, defaults[name]) != value
+    }
 
 
 def resolve_backend(config: Config, environ: Mapping[str, str]) -> str:
@@ -129,6 +211,19 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         raise ConfigError(f"--cliprange must lie in (0, 1), got {config.cliprange}")
     if not config.advantage_eps >= 0:
         raise ConfigError(f"--advantage_eps must be >= 0, got {config.advantage_eps}")
+    if not config.request_timeout_s > 0:
+        raise ConfigError(f"--request_timeout_s must be positive, got {config.request_timeout_s}")
+    if config.request_attempts < 1:
+        raise ConfigError(f"--request_attempts must be >= 1, got {config.request_attempts}")
+    if not config.retry_backoff_s >= 0:
+        raise ConfigError(f"--retry_backoff_s must be >= 0, got {config.retry_backoff_s}")
+    if config.rolling_save_every < 0:
+        raise ConfigError(f"--rolling_save_every must be >= 0, got {config.rolling_save_every}")
+    if config.ttl_seconds is not None and config.ttl_seconds < MIN_TTL_S:
+        raise ConfigError(
+            f"--ttl_seconds={config.ttl_seconds}: the Tinker service keeps checkpoints at least"
+            f" {MIN_TTL_S} s (one hour); pass >= {MIN_TTL_S}, or leave it unset to keep them"
+        )
     if not config.sampling_temperature >= 0:
         raise ConfigError(f"--sampling_temperature must be >= 0, got {config.sampling_temperature}")
     check_eval_sampling(config.eval_num_samples, config.eval_temperature, prefix="eval_")
@@ -138,6 +233,12 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
                 f"--dataset_path is for --dataset=gsm8k, not --dataset={config.dataset}"
             )
         _check_dataset_folder(Path(config.dataset_path))
+    if config.assumed_response_tokens is not None and config.assumed_response_tokens <= 0:
+        raise ConfigError(
+            f"--assumed_response_tokens must be positive, got {config.assumed_response_tokens}"
+        )
+    if config.estimate_cost:
+        return  # no service is reached, so neither a key nor a local model is needed
     backend = resolve_backend(config, environ)
     if backend == "tinker" and not environ.get("TINKER_API_KEY"):
         raise ConfigError(

@@ -18,6 +18,7 @@ import tinker
 from harness import stats
 from harness.data import Problem
 from harness.prompts import format_prompt
+from harness.resilience import Waits
 from harness.rewards import extract_answer, normalize_number
 from harness.rollouts import (
     Collect,
@@ -69,20 +70,24 @@ def evaluate(
     sampling: Sampling,
     collect: Collect = collect_quietly,
     description: str = "validation",
+    waits: Waits | None = None,
 ) -> list[dict[str, Any]]:
-    """One record per sampled answer (question by question), every request in flight at once."""
+    """One record per sampled answer (question by question, with its request's prompt and
+    response token counts), every request in flight at once."""
     stop = stop_sequences(tokenizer, use_r1_zero_format)
     prompts = [format_prompt(problem.question, use_r1_zero_format) for _, problem in questions]
+    prompt_inputs = encode_prompts(tokenizer, prompts)
     responses = sample_groups(
         sampling_client,
-        encode_prompts(tokenizer, prompts),
+        prompt_inputs,
         group_size=sampling.num_samples,
         params_P=[request_params(sampling, stop, index) for index, _ in questions],
         collect=collect,
         description=description,
+        waits=waits,
     )
     records = []
-    for (index, problem), response in zip(questions, responses, strict=True):
+    for (index, problem), prompt, response in zip(questions, prompt_inputs, responses, strict=True):
         for sample, sequence in enumerate(response.sequences):
             text = tokenizer.decode(sequence.tokens, skip_special_tokens=True)
             records.append(
@@ -94,7 +99,9 @@ def evaluate(
                     "response": text,
                     "parsed_answer": extract_answer(text),
                     "stop_reason": sequence.stop_reason,
-                    **reward_fn(text, problem.answer),
+                    "prompt_tokens": prompt.length,
+                    "response_tokens": len(sequence.tokens),
+                    **reward_fn(text, problem.ground_truth),
                 }
             )
     return records

@@ -4,7 +4,7 @@ Each step:
   1. save the current weights and get a fresh sampling client,
   2. sample `group_size` responses for each question of the batch, all requests in flight,
   3. score every response,
-  4. group-normalise rewards into advantages,
+  4. group-normalise rewards into advantages (the harness's function, or a student's),
   5. build one Datum per response of a group with reward variance,
   6. forward_backward with the ppo loss and optim_step, submitted back to back,
   7. log; checkpoint every `save_every` steps; validate every `eval_every` steps.
@@ -14,16 +14,33 @@ The loop never knows which backend it talks to: the service client is injected.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tinker
 import torch
 
-from harness.checkpoints import last_checkpoint, save_checkpoint
+from harness.checkpoints import (
+    RunStateError,
+    index_path,
+    resume_points,
+    save_checkpoint,
+    save_rolling,
+    unloadable,
+)
 from harness.config import Config
+from harness.cost import (
+    Price,
+    Tokens,
+    load_price_table,
+    sampling_tokens,
+    training_tokens,
+    usage_metrics,
+)
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
 from harness.evaluation import (
@@ -34,10 +51,12 @@ from harness.evaluation import (
     validation_metrics,
     validation_subset,
 )
-from harness.grpo import constant_groups, group_normalized_advantages
+from harness.grpo import compute_group_normalized_rewards, constant_groups
 from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
+from harness.plugins import AdvantagesFn, checked_advantages
 from harness.prompts import format_prompt
+from harness.resilience import FaultLog, RetryPolicy, RunFailed, TrainingFault, Waits
 from harness.rewards import make_reward_fn
 from harness.rollouts import (
     encode_prompts,
@@ -58,11 +77,27 @@ TIME_KEYS = (
 )
 
 
+ScoresHook = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+    """What scores rollouts (training, validation), turns rewards into advantages, and is
+    shown each step's rewards and advantages."""
+
+    reward_fn: RewardFn
+    eval_reward_fn: RewardFn
+    advantages_fn: AdvantagesFn
+    on_scores: ScoresHook | None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunResult:
     steps_run: int
     resumed_from: int
     final_metrics: dict[str, float]
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Faults met and recovered from in process, by kind (`faults/*` in the metrics rows)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +106,8 @@ class Scored:
 
     tokens_P_G: list[list[np.ndarray]]
     logprobs_P_G: list[list[np.ndarray]]
+    texts_P_G: list[list[str]]
+    scores_P_G: list[list[dict[str, float]]]
     rewards_P_G: np.ndarray
     format_P_G: np.ndarray
     answer_P_G: np.ndarray
@@ -84,51 +121,162 @@ def train(
     test_problems: Sequence[Problem],
     logger: RunLogger,
     reward_fn: RewardFn | None = None,
+    *,
+    prices: Mapping[str, Price] | None = None,
+    eval_reward_fn: RewardFn | None = None,
+    advantages_fn: AdvantagesFn = compute_group_normalized_rewards,
+    on_scores: ScoresHook | None = None,
 ) -> RunResult:
-    """Run (or resume) GRPO until `n_grpo_steps` steps are done; validate at the end."""
-    reward_fn = reward_fn or make_reward_fn(config.use_r1_zero_format)
-    training_client, start_step, cursor = start_or_resume(service_client, config, logger)
+    """Run (or resume) GRPO until `n_grpo_steps` steps are done; validate at the end.
+
+    `reward_fn` scores training rollouts and `eval_reward_fn` validation (each the task's
+    reward by default); `advantages_fn` has `compute_group_normalized_rewards`'s signature;
+    `on_scores(step, rewards_P_G, advantages_P_G)` sees each step's (a recording keeps them).
+    `prices` defaults to `--price_table` (or the shipped table); tokens are counted either way.
+    """
+    functions = StepFunctions(
+        reward_fn=reward_fn or make_reward_fn(config.use_r1_zero_format),
+        eval_reward_fn=eval_reward_fn or make_reward_fn(config.use_r1_zero_format),
+        advantages_fn=advantages_fn,
+        on_scores=on_scores,
+    )
+    price = (load_price_table(config.price_table) if prices is None else prices).get(
+        config.model_name
+    )
+    if price is None:
+        logger.warn(
+            f"no price for {config.model_name} in the price table: logging tokens, not dollars "
+            "(--price_table=FILE adds one)"
+        )
+    waits = Waits(
+        RetryPolicy(config.request_timeout_s, config.request_attempts, config.retry_backoff_s),
+        FaultLog(logger.warn),
+    )
+    training_client, step, cursor, totals = start_or_resume(service_client, config, logger, waits)
+    start_step = step
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
     val_questions = [(i, test_problems[i]) for i in val_indices]
 
-    for step in range(start_step, config.n_grpo_steps):
-        batch_indices, cursor = next_batch(
-            cursor, len(train_problems), config.rollout_batch_size, config.seed
-        )
-        problems_P = [train_problems[i] for i in batch_indices]
-        row = grpo_step(
-            step, config, training_client, tokenizer, problems_P, reward_fn, logger,
-            val_questions=val_questions if step % config.eval_every == 0 else None,
-        )  # fmt: skip
-        logger.log(row)
-        done = step + 1
-        if done % config.save_every == 0 or done == config.n_grpo_steps:
-            save_checkpoint(training_client, config.log_path, done, cursor, config.seed)
+    # `furthest`: steps done before any redo (their saves may exist); `failures`: per step.
+    furthest, failures = step, collections.Counter[int]()
+    while True:
+        try:
+            if step == config.n_grpo_steps:
+                final_row, tokens = final_validation(
+                    config, training_client, tokenizer, val_questions, functions.eval_reward_fn,
+                    logger, waits,
+                )  # fmt: skip
+                break
+            batch_indices, next_cursor = next_batch(
+                cursor, len(train_problems), config.rollout_batch_size, config.seed
+            )
+            problems_P = [train_problems[i] for i in batch_indices]
+            row, tokens = grpo_step(
+                step, config, training_client, tokenizer, problems_P, functions, logger, waits,
+                val_questions=val_questions if step % config.eval_every == 0 else None,
+            )  # fmt: skip
+            done, next_totals = step + 1, totals + tokens
+            logger.log(row | usage_metrics(tokens, next_totals, price) | waits.faults.take())
+            save(training_client, config, done, next_cursor, next_totals, waits, furthest)
+        except TrainingFault as fault:
+            failures[step] += 1
+            if failures[step] >= config.request_attempts:
+                raise RunFailed(
+                    f"step {step}: {fault}, {failures[step]} times (--request_attempts)",
+                    during_training=True,
+                ) from fault
+            waits.faults.record(
+                "training_redos", f"step {step}: {fault}; redoing from the last saved state"
+            )
+            training_client, step, cursor, totals = start_or_resume(
+                service_client, config, logger, waits
+            )
+            continue
+        except RunFailed as failure:
+            if not failure.during_training:  # the weights are those after `step` steps
+                with contextlib.suppress(RunFailed, TrainingFault):
+                    save_rolling(training_client, config.log_path, step, cursor, config.seed,
+                                 totals, wait=waits.training)  # fmt: skip
+            raise
+        furthest = max(furthest, done)
+        step, cursor, totals = done, next_cursor, next_totals
 
-    final_row = final_validation(config, training_client, tokenizer, val_questions, logger)
+    totals += tokens
+    final_row |= usage_metrics(tokens, totals, price) | waits.faults.take()
     logger.log(final_row)
     return RunResult(
-        steps_run=config.n_grpo_steps - start_step, resumed_from=start_step, final_metrics=final_row
+        steps_run=config.n_grpo_steps - start_step,
+        resumed_from=start_step,
+        final_metrics=final_row,
+        faults=dict(waits.faults.total),
     )
 
 
+def save(
+    training_client: Any,
+    config: Config,
+    done: int,
+    cursor: BatchCursor,
+    totals: Tokens,
+    waits: Waits,
+    furthest: int,
+) -> None:
+    """After `done` steps: a checkpoint every `save_every` and at the end (kept for good), else
+    a rolling save every `rolling_save_every`. A save of a redone step replaces its first."""
+    if done % config.save_every == 0 or done == config.n_grpo_steps:
+        ttl_seconds = None if done == config.n_grpo_steps else config.ttl_seconds
+        save_checkpoint(
+            training_client, config.log_path, done, cursor, config.seed, totals,
+            wait=waits.training, ttl_seconds=ttl_seconds, overwrite=done <= furthest,
+        )  # fmt: skip
+    elif config.rolling_save_every and done % config.rolling_save_every == 0:
+        save_rolling(
+            training_client, config.log_path, done, cursor, config.seed, totals, wait=waits.training
+        )
+
+
 def start_or_resume(
-    service_client: Any, config: Config, logger: RunLogger
-) -> tuple[Any, int, BatchCursor]:
-    """A fresh LoRA training client, or the one the last checkpoint saved, with its optimizer."""
-    checkpoint = last_checkpoint(config.log_path)
-    if checkpoint is None:
+    service_client: Any, config: Config, logger: RunLogger, waits: Waits
+) -> tuple[Any, int, BatchCursor, Tokens]:
+    """A fresh LoRA training client, or the newest saved state (checkpoint or rolling save)
+    that still loads, with its optimizer (and the step, data cursor and token totals to go on
+    from). Rows logged after that state are dropped only once it has loaded."""
+    saved = resume_points(config.log_path)
+    if not saved:
         logger.drop_rows_from(0)
-        training_client = service_client.create_lora_training_client(
-            base_model=config.model_name, rank=config.lora_rank, seed=config.seed
+        training_client = waits.resendable(
+            lambda: service_client.create_lora_training_client(
+                base_model=config.model_name, rank=config.lora_rank, seed=config.seed
+            ),
+            "create_lora_training_client",
+            "service_resends",
         ).result()
-        return training_client, 0, BatchCursor()
-    logger.drop_rows_from(checkpoint.step)
-    training_client = service_client.create_training_client_from_state_with_optimizer(
-        checkpoint.state_path
-    ).result()
-    return training_client, checkpoint.step, checkpoint.cursor
+        return training_client, 0, BatchCursor(), Tokens()
+    for checkpoint in reversed(saved):
+        try:
+            training_client = waits.resendable(
+                lambda path=checkpoint.state_path: (
+                    service_client.create_training_client_from_state_with_optimizer(path)
+                ),
+                f"loading {checkpoint.state_path}",
+                "service_resends",
+            ).result()
+        except RunFailed as failure:
+            error = failure.__cause__
+            if error is None or not unloadable(error):
+                raise
+            logger.warn(
+                f"the checkpoint of step {checkpoint.step} ({checkpoint.state_path}) does not"
+                f" load ({error}); trying the one before it"
+            )
+            continue
+        logger.drop_rows_from(checkpoint.step)
+        return training_client, checkpoint.step, checkpoint.cursor, checkpoint.tokens
+    raise RunStateError(
+        f"none of the {len(saved)} saved states in {index_path(config.log_path).parent} loads"
+        " (expired or deleted); move that folder away to start the run over"
+    )
 
 
 def grpo_step(
@@ -137,17 +285,27 @@ def grpo_step(
     training_client: Any,
     tokenizer: Any,
     problems_P: Sequence[Problem],
-    reward_fn: RewardFn,
+    functions: StepFunctions,
     logger: RunLogger,
+    waits: Waits,
     val_questions: Sequence[Question] | None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], Tokens]:
+    """The step's metrics, and the tokens of every request it made."""
     timer = Timer(TIME_KEYS)
     metrics: dict[str, float] = {}
+    tokens = Tokens()
     with timer("time/save_weights"):
-        sampling_client = training_client.save_weights_and_get_sampling_client().result()
+        sampling_client = waits.training(
+            training_client.save_weights_and_get_sampling_client(),
+            "save_weights_and_get_sampling_client",
+        )
     if val_questions is not None:
         with timer("time/validation"):
-            metrics |= validate(step, config, sampling_client, tokenizer, val_questions, logger)
+            val_metrics, tokens = validate(
+                step, config, sampling_client, tokenizer, val_questions,
+                functions.eval_reward_fn, logger, waits,
+            )  # fmt: skip
+            metrics |= val_metrics
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
@@ -159,14 +317,16 @@ def grpo_step(
             config.group_size,
             rollout_params(config, tokenizer, step, len(problems_P)),
             collect=logger.collect,
+            waits=waits,
         )
+    tokens += sampling_tokens(prompt_tokens_P, responses_P)
     with timer("time/compute_rewards"):
-        scored = score(responses_P, problems_P, tokenizer, reward_fn)
+        scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
     with timer("time/build_data"):
         rewards_P_G = torch.from_numpy(scored.rewards_P_G)
-        advantages_P_G = group_normalized_advantages(
-            rewards_P_G, config.advantage_eps, config.use_std_normalization
-        ).numpy()
+        advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
+        if functions.on_scores is not None:
+            functions.on_scores(step, scored.rewards_P_G, advantages_P_G)
         datums_D, origins_D = step_datums(
             [p.to_ints() for p in prompt_tokens_P],
             scored.tokens_P_G,
@@ -176,7 +336,8 @@ def grpo_step(
     trained = None
     if datums_D:
         with timer("time/training"):
-            trained = train_on(training_client, datums_D, config)
+            trained = train_on(training_client, datums_D, config, waits)
+        tokens += training_tokens(datums_D)
     else:
         logger.warn(f"step {step}: no group had reward variance; training skipped")
 
@@ -194,7 +355,7 @@ def grpo_step(
     }
     if trained is not None:
         metrics |= training_metrics(*trained, scored, origins_D, advantages_P_G, config.cliprange)
-    return metrics
+    return metrics, tokens
 
 
 def rollout_params(
@@ -225,7 +386,7 @@ def score(
         tokenizer.batch_decode(tokens_G, skip_special_tokens=True) for tokens_G in tokens_P_G
     ]
     rewards = [
-        [reward_fn(text, problem.answer) for text in texts_G]
+        [reward_fn(text, problem.ground_truth) for text in texts_G]
         for texts_G, problem in zip(texts_P_G, problems_P, strict=True)
     ]
 
@@ -235,6 +396,8 @@ def score(
     return Scored(
         tokens_P_G=tokens_P_G,
         logprobs_P_G=logprobs_P_G,
+        texts_P_G=texts_P_G,
+        scores_P_G=rewards,
         rewards_P_G=table("reward"),
         format_P_G=table("format_reward"),
         answer_P_G=table("answer_reward"),
@@ -244,8 +407,33 @@ def score(
     )
 
 
+def group_advantages(
+    advantages_fn: AdvantagesFn, scored: Scored, problems_P: Sequence[Problem], config: Config
+) -> np.ndarray:
+    """(P, G) advantages from `advantages_fn` on the step's responses, as CS336's
+    `compute_group_normalized_rewards` computes them; it reads the rewards already scored, so
+    the reward function runs once per response. Groups whose rewards are all equal get zero."""
+    scores = {
+        (text, problem.ground_truth): score
+        for texts_G, scores_G, problem in zip(
+            scored.texts_P_G, scored.scores_P_G, problems_P, strict=True
+        )
+        for text, score in zip(texts_G, scores_G, strict=True)
+    }
+    result = advantages_fn(
+        lambda response, ground_truth: scores[response, ground_truth],
+        [text for texts_G in scored.texts_P_G for text in texts_G],
+        [problem.ground_truth for problem in problems_P for _ in range(config.group_size)],
+        config.group_size,
+        config.advantage_eps,
+        config.use_std_normalization,
+    )
+    name = getattr(advantages_fn, "__qualname__", "the advantages function")
+    return checked_advantages(name, result, scored.rewards_P_G)[0]
+
+
 def train_on(
-    training_client: Any, datums_D: list[tinker.Datum], config: Config
+    training_client: Any, datums_D: list[tinker.Datum], config: Config, waits: Waits
 ) -> tuple[tinker.ForwardBackwardOutput, tinker.OptimStepResponse]:
     """forward_backward (ppo) then optim_step, both submitted before waiting on either."""
     fb_future = training_client.forward_backward(
@@ -257,7 +445,10 @@ def train_on(
         },
     )
     optim_future = training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate))
-    return fb_future.result(), optim_future.result()
+    return (
+        waits.training(fb_future, "forward_backward"),
+        waits.training(optim_future, "optim_step"),
+    )
 
 
 def training_metrics(
@@ -292,10 +483,13 @@ def validate(
     sampling_client: Any,
     tokenizer: Any,
     questions: Sequence[Question],
+    eval_reward_fn: RewardFn,
     logger: RunLogger,
-) -> dict[str, float]:
-    """Accuracy (greedy by default) under the task's own reward, whatever reward the training
-    uses."""
+    waits: Waits,
+) -> tuple[dict[str, float], Tokens]:
+    """Accuracy (greedy by default) under the validation reward (the task's unless a flag plugs
+    another), whatever reward the training uses; and the tokens its requests read and
+    generated."""
     sampling = Sampling(
         max_tokens=config.sampling_max_tokens,
         num_samples=config.eval_num_samples,
@@ -307,13 +501,17 @@ def validate(
         sampling_client,
         tokenizer,
         questions,
-        make_reward_fn(config.use_r1_zero_format),
+        eval_reward_fn,
         config.use_r1_zero_format,
         sampling,
         collect=logger.collect,
+        waits=waits,
     )
     logger.write_eval_samples(step, records)
-    return validation_metrics(records)
+    return validation_metrics(records), Tokens(
+        prefill=sum(r["prompt_tokens"] for r in records if r["sample"] == 0),  # one per request
+        sampled=sum(r["response_tokens"] for r in records),
+    )
 
 
 def final_validation(
@@ -321,19 +519,21 @@ def final_validation(
     training_client: Any,
     tokenizer: Any,
     questions: Sequence[Question],
+    eval_reward_fn: RewardFn,
     logger: RunLogger,
-) -> dict[str, float]:
+    waits: Waits,
+) -> tuple[dict[str, float], Tokens]:
     """Validation of the final weights, logged as the row of step `n_grpo_steps`."""
     timer = Timer(("time/save_weights", "time/validation"))
     with timer("time/save_weights"):
-        sampling_client = training_client.save_weights_and_get_sampling_client().result()
-    with timer("time/validation"):
-        metrics = validate(
-            config.n_grpo_steps, config, sampling_client, tokenizer, questions, logger
+        sampling_client = waits.training(
+            training_client.save_weights_and_get_sampling_client(),
+            "save_weights_and_get_sampling_client",
         )
-    return {
-        STEP_KEY: float(config.n_grpo_steps),
-        "progress/done_frac": 1.0,
-        **metrics,
-        **timer.totals(),
-    }
+    with timer("time/validation"):
+        metrics, tokens = validate(
+            config.n_grpo_steps, config, sampling_client, tokenizer, questions, eval_reward_fn,
+            logger, waits,
+        )  # fmt: skip
+    row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}
+    return row | timer.totals(), tokens

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import numpy as np
 import tinker
 
+from harness.resilience import Waits
+
 # Waits on futures in order; the loop passes one that draws a progress bar.
 Collect = Callable[[Sequence[Any], str], list[Any]]
 
@@ -60,10 +62,21 @@ def sample_groups(
     params_P: Sequence[tinker.SamplingParams],
     collect: Collect = collect_quietly,
     description: str = "sampling",
+    waits: Waits | None = None,
 ) -> list[tinker.SampleResponse]:
-    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait."""
-    futures_P = [
-        sampling_client.sample(prompt=prompt, num_samples=group_size, sampling_params=params)
-        for prompt, params in zip(prompts_P, params_P, strict=True)
+    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait;
+    with `waits`, each under its deadline and sent again, unchanged, when it fails."""
+
+    def sender(prompt: tinker.ModelInput, params: tinker.SamplingParams) -> Callable[[], Any]:
+        return lambda: sampling_client.sample(
+            prompt=prompt, num_samples=group_size, sampling_params=params
+        )
+
+    senders_P = [sender(p, params) for p, params in zip(prompts_P, params_P, strict=True)]
+    if waits is None:
+        return collect([send() for send in senders_P], description)
+    requests_P = [
+        waits.resendable(send, f"{description} request {i}", "sampling_resends")
+        for i, send in enumerate(senders_P)
     ]
-    return collect(futures_P, description)
+    return collect(requests_P, description)

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the varied reward lives with the tests
 
+from harness.backends.cassette import read_cassette, request_changes  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.evaluation import RewardFn  # noqa: E402
 from harness.jsonl import read_json_lines, rewrite_json_lines  # noqa: E402
@@ -55,6 +56,7 @@ def run(flags: list[str], log_path: Path, reward_fn: RewardFn | None) -> float:
 
 def record(name: str, model: str, reward_fn: RewardFn | None, flags: list[str]) -> None:
     cassette = CASSETTES / f"{name}.jsonl"
+    before = read_cassette(cassette).calls if cassette.exists() else None
     cassette.unlink(missing_ok=True)  # else the recorder keeps it as NAME.1.jsonl
     flags = [f"--model_name={model}", *flags]
     recorded, replayed = Path("runs") / f"golden-{name}", Path("runs") / f"golden-{name}-replay"
@@ -73,6 +75,14 @@ def record(name: str, model: str, reward_fn: RewardFn | None, flags: list[str]) 
         f"{cassette}: {cassette.stat().st_size / 1024:.0f} KiB; run {record_s:.2f} s,"
         f" replay {replay_s:.2f} s ({record_s / replay_s:.0f}x faster)"
     )
+    if before is None:
+        print("  (no previous recording to compare with)")
+        return
+    changes = request_changes(before, read_cassette(cassette).calls)
+    print("  requests changed against the previous recording:" if changes else
+          "  no request changed against the previous recording")  # fmt: skip
+    for line in changes:
+        print(f"    {line}")
 
 
 if __name__ == "__main__":

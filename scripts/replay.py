@@ -33,6 +33,7 @@ from harness.backends.replay import ReplayError, load_tokenizer, recorded_reward
 from harness.config import Config, ConfigError
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
 from harness.evaluation import validation_subset
+from harness.plugins import load_function
 from harness.prompts import format_prompt
 from harness.rewards import extract_answer, make_reward_fn
 from harness.rollouts import encode_prompts
@@ -88,8 +89,8 @@ class Scoring:
     tokenizer: Any
     reward_fn: Reward
     """The reward the run trained on (the recorded one)."""
-    task_reward: Reward
-    """The task's reward, which validation always uses."""
+    validation_reward: Reward
+    """The reward validation used: the task's, or the recorded --eval_reward_fn."""
     use_r1_zero_format: bool
 
 
@@ -112,7 +113,7 @@ def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None)
     scoring = Scoring(
         tokenizer=load_tokenizer(_tokenizer_source(cassette), cassette, tokenizer),
         reward_fn=_reward(cassette, r1_zero, notes),
-        task_reward=make_reward_fn(r1_zero),
+        validation_reward=_validation_reward(cassette, r1_zero, notes),
         use_r1_zero_format=r1_zero,
     )
     train_problems, test_problems = _problems(config, dataset_path, notes)
@@ -163,11 +164,26 @@ def _problems(
 
 def _reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> Reward:
     try:
-        recorded = recorded_reward_fn(cassette.path)
+        recorded = _plugged(cassette, "reward_fn") or recorded_reward_fn(cassette.path)
     except ConfigError as error:
         notes.append(f"scoring with the task's reward instead: {error}")
         recorded = None
     return recorded or make_reward_fn(use_r1_zero_format)
+
+
+def _validation_reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> Reward:
+    try:
+        recorded = _plugged(cassette, "eval_reward_fn")
+    except ConfigError as error:
+        notes.append(f"scoring validation with the task's reward instead: {error}")
+        recorded = None
+    return recorded or make_reward_fn(use_r1_zero_format)
+
+
+def _plugged(cassette: Cassette, flag: str) -> Reward | None:
+    """The reward the recorded run's --reward_fn or --eval_reward_fn named, imported here."""
+    spec = cassette.config.get(flag)
+    return None if spec is None else load_function(f"--{flag}", spec).reward()
 
 
 def _segments(calls: Sequence[Call]) -> list[list[Call]]:
@@ -225,7 +241,7 @@ def _step(
         rollout
         for i, call in enumerate(validation_calls)
         for rollout in _rollouts(
-            call, scoring.tokenizer, scoring.task_reward, _nth(val_problems, i)
+            call, scoring.tokenizer, scoring.validation_reward, _nth(val_problems, i)
         )
     ]
     loss = None if output is None else float(output.metrics.get("loss:sum", float("nan")))
@@ -282,7 +298,7 @@ def _rollouts(
     for sequence in response.sequences:
         tokens = np.asarray(sequence.tokens, dtype=np.int64)
         text = tokenizer.decode(tokens.tolist(), skip_special_tokens=True)
-        reward = reward_fn(text, problem.answer) if problem is not None else None
+        reward = reward_fn(text, problem.ground_truth) if problem is not None else None
         logprobs = np.asarray(sequence.logprobs or [], dtype=np.float64)
         rollouts.append(Rollout(tokens, logprobs, sequence.stop_reason, text, reward))
     return rollouts
@@ -314,7 +330,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _ground_truth(problem: Problem | None) -> str:
-    return "?" if problem is None else problem.answer.split("####")[-1].strip()
+    return "?" if problem is None else problem.ground_truth
 
 
 def _short(text: str) -> str:
@@ -328,7 +344,11 @@ def header_panel(view: RunView) -> Panel:
         f"recorded {header.get('recorded_at')} on the {header.get('backend')} backend:"
         f" {header.get('model')}, harness {header.get('harness')}, tinker {header.get('tinker')}",
         f"{len(view.cassette.calls)} calls, {sum(not s.final for s in view.steps)} steps;"
-        f" reward {header.get('reward') or 'the task reward'}",
+        f" reward {header.get('reward') or view.config.get('reward_fn') or 'the task reward'}",
+        *(
+            f"{name}: {plugged['function']} (sha256 {plugged['sha256'][:12]})"
+            for name, plugged in (header.get("plugged") or {}).items()
+        ),
         f"replay: python scripts/grpo_train_tinker.py {' '.join(replay_flags(view))}",
         *(f"[yellow]note:[/] {escape(note)}" for note in view.notes),
     ]

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -22,9 +23,50 @@ def test_a_bad_row_names_file_and_line(tmp_path):
         read_jsonl_problems(path)
 
 
+GOOD = json.dumps({"question": "How many?", "answer": "2 + 2 = 4\n#### 4"})
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"question": "How many?", "answer": "The answer is 4."}', "must end in '#### <number>'"),
+        ('{"question": "How many?", "answer": "#### forty-two"}', "must end in '#### <number>'"),
+        ('{"question": "How many?", "answer": 42}', "'answer' must be text"),
+        ('{"question": null, "answer": "#### 4"}', "'question' must be non-empty text"),
+        ('{"question": "How many?"}', "expected a JSON object with 'question' and 'answer'"),
+        ('["How many?", "#### 4"]', "expected a JSON object"),
+        ('{"question": "How many?", "answer": "#### 4"', "not a JSON line"),
+    ],
+)
+def test_a_row_the_reward_cannot_score_is_refused_at_load_naming_file_and_line(
+    tmp_path, line, message
+):
+    path = tmp_path / "train.jsonl"
+    path.write_text(f"{GOOD}\n\n{line}\n{GOOD}\n")
+    with pytest.raises(DatasetUnavailable, match=rf"train.jsonl:3: .*{re.escape(message)}"):
+        read_jsonl_problems(path)
+
+
+def test_a_line_that_is_not_utf8_is_refused_naming_file_and_line(tmp_path):
+    path = tmp_path / "test.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n" + b'{"question": "caf\xe9?", "answer": "#### 1"}\n')
+    with pytest.raises(DatasetUnavailable, match=r"test.jsonl:2: not UTF-8 text"):
+        read_jsonl_problems(path)
+
+
+def test_rows_from_the_hub_are_checked_the_same_way(monkeypatch):
+    import datasets
+
+    rows = [{"question": "q", "answer": "#### 1"}, {"question": "q", "answer": "#### one"}]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, split: rows)
+    with pytest.raises(DatasetUnavailable, match=r"openai/gsm8k train row 1: 'answer' must end"):
+        load_gsm8k("train")
+
+
 def test_unreachable_hub_names_the_offline_flag(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("harness.data.gsm8k._hub_reachable", lambda: False)
+    monkeypatch.setattr("harness.data.gsm8k.hub_reachable", lambda: False)
     with pytest.raises(DatasetUnavailable, match="--dataset_path"):
         load_gsm8k("train")
 

@@ -1,4 +1,5 @@
-"""The local backend's losses equal DESIGN section 3's formulas, values and gradients."""
+"""The local backend's losses equal DESIGN section 3's formulas (and, for dro and gspo, those of
+Tinker's documentation, tinker-docs.thinkingmachines.ai/tinker/losses/), values and gradients."""
 
 import numpy as np
 import pytest
@@ -13,8 +14,12 @@ from harness.grpo import compute_grpo_clip_loss
 RNG = np.random.default_rng(0)
 
 
+BETA = 0.3  # dro's option, which has no documented default
+
+
 def design_loss(name: str, target_lp, inputs: dict, lo: float = 0.8, hi: float = 1.2):
-    """DESIGN section 3, written out independently of the backend."""
+    """DESIGN section 3 and the docs, written out independently of the backend, for one Datum
+    (1-D tensors)."""
     if name == "cross_entropy":
         return -(target_lp * inputs["weights"]).sum()
     ratio = torch.exp(target_lp - inputs["logprobs"])
@@ -23,8 +28,24 @@ def design_loss(name: str, target_lp, inputs: dict, lo: float = 0.8, hi: float =
         return -(ratio * advantages).sum()
     if name == "ppo":
         return -torch.min(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages).sum()
+    if name == "dro":
+        penalty = (target_lp - inputs["logprobs"]) ** 2
+        return -(target_lp * advantages - 0.5 * BETA * penalty).sum()
+    if name == "gspo":
+        marked = inputs["sequence_ratio_mask"] != 0
+        log_ratio = (target_lp.detach() - inputs["logprobs"])[marked].mean()
+        ratio = torch.exp(log_ratio + target_lp - target_lp.detach())
+        return -torch.min(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages).sum()
     assert name == "cispo"
     return -(torch.clamp(ratio, lo, hi).detach() * target_lp * advantages).sum()
+
+
+def loss_config(name: str, bounds: tuple[float, float] | None = None) -> dict | None:
+    if name == "dro":
+        return {"beta": BETA}
+    if name in ("ppo", "cispo", "gspo") and bounds is not None:
+        return {"clip_low_threshold": bounds[0], "clip_high_threshold": bounds[1]}
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +68,10 @@ def random_inputs(name: str, n: int) -> dict[str, np.ndarray]:
         # ratios straddle the clip bounds on both sides.
         inputs["logprobs"] = RNG.uniform(-8.2, -7.0, size=n).astype(np.float32)
         inputs["advantages"] = RNG.normal(size=n).astype(np.float32)
+    if name == "gspo":  # the response tokens: a random nonempty subset
+        mask = RNG.integers(0, 2, size=n).astype(np.float32)
+        mask[RNG.integers(n)] = 1.0
+        inputs["sequence_ratio_mask"] = mask
     return inputs
 
 
@@ -55,10 +80,13 @@ def reference_logprobs(model, tokens: np.ndarray, targets: np.ndarray) -> torch.
     return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(targets)[:, None])[:, 0]
 
 
-@pytest.mark.parametrize("name", ["cross_entropy", "importance_sampling", "ppo", "cispo"])
+ALL_LOSSES = ["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo"]
+
+
+@pytest.mark.parametrize("name", ALL_LOSSES)
 def test_loss_and_gradient_match_design(service, tiny_model_dir, tokens_D, name):
-    clipped = name in ("ppo", "cispo")
-    config = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.05} if clipped else None
+    clipped = name in ("ppo", "cispo", "gspo")
+    config = loss_config(name, (0.9, 1.05))
     bounds = {"lo": 0.9, "hi": 1.05} if clipped else {}
     client = service.create_lora_training_client(str(tiny_model_dir), rank=4, seed=1).result()
     # A first step makes the LoRA B matrices nonzero, so every adapter gets a gradient.
@@ -93,20 +121,52 @@ def test_loss_and_gradient_match_design(service, tiny_model_dir, tokens_D, name)
         assert (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-7
 
 
-@pytest.mark.parametrize("name", ["importance_sampling", "ppo", "cispo"])
+@pytest.mark.parametrize("name", ["importance_sampling", "ppo", "cispo", "dro", "gspo"])
 def test_pure_losses_match_design_on_random_tensors(name):
     target_lp = torch.tensor(RNG.uniform(-3, 0, size=(4, 7)), requires_grad=True)
     inputs = {
         "logprobs": torch.tensor(RNG.uniform(-3, 0, size=(4, 7))),
         "advantages": torch.tensor(RNG.normal(size=(4, 7))),
+        "sequence_ratio_mask": torch.tensor(RNG.integers(0, 2, size=(4, 7)) | np.eye(4, 7, 1, int)),
     }
-    spec, config = local_losses.resolve(name, None)
+    spec, config = local_losses.resolve(name, loss_config(name))
     got = local_losses.per_token_loss(spec, config, target_lp, inputs).sum()
-    want = design_loss(name, target_lp, inputs)
+    rows = [{key: value[row] for key, value in inputs.items()} for row in range(4)]
+    want = sum(design_loss(name, target_lp[row], rows[row]) for row in range(4))
     torch.testing.assert_close(got, want)
     (got_grad,) = torch.autograd.grad(got, target_lp)
     (want_grad,) = torch.autograd.grad(want, target_lp)
     torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_gspo_clips_whole_sequences_by_their_geometric_mean_ratio():
+    # One Datum whose mean log-ratio over the marked tokens is log 2: every token's ratio is 2,
+    # beyond the 1.2 clip, so with positive advantages no token gets a gradient.
+    target_lp = torch.tensor([[-1.0, -1.0, -1.0]], requires_grad=True)
+    logprobs = torch.tensor([[-1.0 - 2 * float(np.log(2)), -1.0, 5.0]])  # the third is unmarked
+    inputs = {
+        "logprobs": logprobs,
+        "advantages": torch.ones(1, 3),
+        "sequence_ratio_mask": torch.tensor([[1.0, 1.0, 0.0]]),
+    }
+    spec, config = local_losses.resolve("gspo", None)
+    loss = local_losses.per_token_loss(spec, config, target_lp, inputs)
+    torch.testing.assert_close(loss, torch.full((1, 3), -1.2))
+    (grad,) = torch.autograd.grad(loss.sum(), target_lp)
+    assert not grad.any()
+    inputs["sequence_ratio_mask"] = torch.zeros(1, 3)
+    with pytest.raises(ValueError, match="sequence_ratio_mask to mark at least one token"):
+        local_losses.per_token_loss(spec, config, target_lp, inputs)
+
+
+def test_loss_options_are_checked_by_name():
+    with pytest.raises(ValueError, match=r"'dro' needs loss_fn_config \['beta'\]"):
+        local_losses.resolve("dro", None)
+    with pytest.raises(ValueError, match=r"keys \['eps'\] are not options of 'gspo'"):
+        local_losses.resolve("gspo", {"eps": 0.2})
+    with pytest.raises(ValueError, match="does not implement loss_fn 'stable_reinforce'"):
+        local_losses.resolve("stable_reinforce", None)
+    assert local_losses.resolve("dro", {"beta": 0.05})[1] == {"beta": 0.05}
 
 
 def test_ppo_agrees_with_grpo_clip_loss(service, tiny_model_dir):

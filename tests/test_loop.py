@@ -198,7 +198,7 @@ class _Ready:
     def __init__(self, value):
         self.value = value
 
-    def result(self):
+    def result(self, timeout=None):
         return self.value
 
 
@@ -252,8 +252,15 @@ def metric_steps(log_path: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_runs_resume_to_the_same_metrics(tmp_path, tiny_model_dir, gsm8k_dir):
+    prices = tmp_path / "prices.toml"  # so the run's dollar totals must survive the kills too
+    prices.write_text(
+        f'["{tiny_model_dir}"]\nprefill = 0.3\nsample = 0.7\ntrain = 1.1\n'
+        'source = "a test"\ndate = "2026-12-01"\n'
+    )
+
     def args(log_path: Path) -> list[str]:
-        return [*SMOKE, *offline_args(tiny_model_dir, gsm8k_dir, log_path), "--seed=3"]
+        flags = offline_args(tiny_model_dir, gsm8k_dir, log_path)
+        return [*SMOKE, *flags, "--seed=3", f"--price_table={prices}"]
 
     straight = tmp_path / "straight"
     process = run_script(straight, args(straight))
@@ -278,6 +285,7 @@ def test_killed_runs_resume_to_the_same_metrics(tmp_path, tiny_model_dir, gsm8k_
 
     expected = without_timings(read_json_lines(straight / "metrics.jsonl"))
     assert any(row.get("train/datums", 0) > 0 for row in expected)
+    assert expected[-1]["cost/total_usd"] > 0 and expected[-1]["tokens/trained_total"] > 0
     for killed in (after_checkpoint, mid_step):
         assert without_timings(read_json_lines(killed / "metrics.jsonl")) == expected
         assert checkpoint_steps(killed)[-1] == 5

@@ -73,7 +73,7 @@ def test_the_golden_cassette_replays_to_its_recorded_metrics(replayed):
     assert service.replay.unreplayed() == []  # every recorded call was asked for
 
 
-def test_every_step_logs_its_metrics_and_trained_steps_their_training_metrics(replayed):
+def test_the_golden_cassette_replay_logs_every_step_and_trains_where_groups_vary(replayed):
     log_path, config, result, _ = replayed
     rows = read_json_lines(log_path / "metrics.jsonl")
     step_rows, final_row = rows[:-1], rows[-1]
@@ -89,7 +89,7 @@ def test_every_step_logs_its_metrics_and_trained_steps_their_training_metrics(re
     assert final_row["progress/done_frac"] == 1.0 and "val/accuracy" in final_row
 
 
-def test_checkpoints_and_validation_follow_save_every_and_eval_every(replayed):
+def test_the_golden_cassette_replay_checkpoints_and_validates_on_schedule(replayed):
     log_path, config, _, _ = replayed
     index = read_json_lines(log_path / "checkpoints" / "index.jsonl")
     assert [e["step"] for e in index] == [2, 4]

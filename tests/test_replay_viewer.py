@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from harness.backends.cassette import read_header
+from harness.cli import main
 from harness.data import load_problems, next_batch
 from harness.data.cursor import BatchCursor
 from harness.jsonl import read_json_lines
+from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "fixtures" / "cassettes" / "smoke.jsonl"
 METRICS = read_json_lines(GOLDEN.with_suffix(".metrics.jsonl"))
 
 
-def viewer():
-    spec = importlib.util.spec_from_file_location("replay_viewer", REPO / "scripts" / "replay.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-VIEWER = viewer()
+VIEWER = load_script("replay.py", "replay_viewer")
 
 
 def show(*args: str, cassette: Path = GOLDEN) -> tuple[int, str]:
@@ -141,3 +133,33 @@ def test_a_cloud_cassette_needs_and_takes_the_tokenizer_and_dataset_flags(cloud_
         table_rows(text.split("seconds per step")[0], r"\d+")["1"][1]
         == f"{METRICS[1]['reward/mean']:.3f}"
     )
+
+
+def test_a_run_with_plugged_rewards_is_scored_with_them(tmp_path):
+    grader = f"{REPO / 'examples' / 'cs336_student' / 'cs336_alignment' / 'drgrpo_grader.py'}"
+    cassette = tmp_path / "run.jsonl"
+    flags = [
+        "--backend=local",
+        f"--model_name={REPO / 'fixtures' / 'tiny-arith'}",
+        "--dataset=arith",
+        "--use_r1_zero_format=False",
+        "--n_grpo_steps=1",
+        "--rollout_batch_size=4",
+        "--group_size=4",
+        "--sampling_max_tokens=48",
+        "--eval_n=4",
+        f"--reward_fn={grader}:boxed_reward_fn",
+        f"--eval_reward_fn={grader}:boxed_reward_fn",
+        f"--log_path={tmp_path / 'run'}",
+        f"--record_cassette={cassette}",
+    ]
+    assert main(flags) == 0
+    view = VIEWER.load_view(cassette, None, None)
+    assert view.notes == []
+    for rollouts in (
+        [r for step in view.steps for group in step.groups for r in group.rollouts],
+        [r for step in view.steps for r in step.validation],
+    ):
+        # The grader gives no credit for format alone; the task's reward gives 0.2.
+        assert rollouts and all(r.reward["reward"] == r.reward["answer_reward"] for r in rollouts)
+        assert any(r.reward["format_reward"] > r.reward["answer_reward"] for r in rollouts)

@@ -103,6 +103,13 @@ def ppo_datum(prompt: list[int], sequence: types.SampledSequence, advantage: flo
     )
 
 
+def seeded_sample(trainer, prompt: list[int]) -> types.SampledSequence:
+    """One seeded 6-token sample from `trainer`'s current weights."""
+    sampler = trainer.save_weights_and_get_sampling_client().result()
+    params = types.SamplingParams(max_tokens=6, seed=5)
+    return sampler.sample(types.ModelInput.from_ints(prompt), 1, params).result().sequences[0]
+
+
 def test_model_info_and_an_offline_tokenizer(sdk, local):
     remote, reference = trainers(sdk, local)
     info = remote.get_info()
@@ -122,14 +129,7 @@ def test_forward_backward_and_optim_step_match_in_process(sdk, local):
     assert_same_output(*both(pair, "forward", data, "cross_entropy"))
     config = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
     prompt = tokenizer.encode("Question: 3 + 4 =")
-    sampler = pair[1].save_weights_and_get_sampling_client().result()
-    sequence = (
-        sampler.sample(
-            types.ModelInput.from_ints(prompt), 1, types.SamplingParams(max_tokens=6, seed=5)
-        )
-        .result()
-        .sequences[0]
-    )
+    sequence = seeded_sample(pair[1], prompt)
     ppo_data = [ppo_datum(prompt, sequence, 1.0), ppo_datum(prompt, sequence, -0.5)]
     for client in pair:  # submitted back to back, as the loop does
         client.forward_backward(ppo_data, "ppo", config)
@@ -140,6 +140,26 @@ def test_forward_backward_and_optim_step_match_in_process(sdk, local):
     after = both(pair, "forward", data, "cross_entropy")
     assert_same_output(*after)
     assert after[0].metrics != fb[0].metrics  # the step changed the weights, the same way
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "config"), [("dro", {"beta": 0.1}), ("gspo", {"clip_high_threshold": 1.1})]
+)
+def test_the_newer_built_in_losses_match_in_process(sdk, local, loss_fn, config):
+    pair = trainers(sdk, local)
+    tokenizer = pair[1].get_tokenizer()
+    prompt = tokenizer.encode("Question: 3 + 4 =")
+    sequence = seeded_sample(pair[1], prompt)
+    datum = ppo_datum(prompt, sequence, 1.0)
+    n_prompt, n_sampled = len(prompt) - 1, len(sequence.tokens)
+    inputs = dict(datum.loss_fn_inputs)
+    inputs["sequence_ratio_mask"] = types.TensorData.from_numpy(
+        np.array([0.0] * n_prompt + [1.0] * n_sampled, dtype=np.float32)
+    )
+    data = [types.Datum(model_input=datum.model_input, loss_fn_inputs=inputs)]
+    remote, reference = both(pair, "forward_backward", data, loss_fn, config)
+    assert_same_output(remote, reference)
+    assert remote.metrics["loss:sum"] != 0
 
 
 def test_a_step_the_sdk_splits_into_chunks_trains_as_one_request_does(server, local, monkeypatch):
@@ -251,9 +271,9 @@ def test_concurrent_samples_reach_the_engine_as_one_batch(sdk, local, monkeypatc
     batches: list[int] = []
     generate = local_engine.generate
 
-    def counting_generate(sampler, items):
+    def counting_generate(sampler, items, *args):
         batches.append(sum(len(samples) for _, samples in items))
-        return generate(sampler, items)
+        return generate(sampler, items, *args)
 
     monkeypatch.setattr(local_engine, "generate", counting_generate)
     remote, _ = trainers(sdk, local)

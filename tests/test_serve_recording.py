@@ -198,7 +198,22 @@ def test_the_server_still_answers_as_recorded(sdk_environment, tmp_path):
     assert_same_exchange(interactions(fresh), interactions(SESSION_CASSETTE))
 
 
-_ID = re.compile(r"\b(?=[0-9a-f]*[a-f])[0-9a-f]{12,32}\b")
+# The random ids: uuid4 hex, whole (sessions, requests) or its first 12 digits (the storage
+# session in run ids). They are told from numbers by length and by not being part of one (a
+# float's 14 decimals are hex digits too); an id may be all digits (about 0.4% of 12-digit ones).
+_ID = re.compile(r"(?<![\w.])(?:[0-9a-f]{32}|[0-9a-f]{12})(?![\w]|\.\d)")
+
+
+def test_ids_are_normalised_even_when_they_hold_no_letter(tmp_path):
+    text = SESSION_CASSETTE.read_text()
+    storage_session = re.search(r"local-([0-9a-f]{12})-train", text).group(1)
+    assert re.search("[a-f]", storage_session)  # else the recording itself is the case below
+    all_digits = tmp_path / "all-digits.yaml"
+    all_digits.write_text(text.replace(storage_session, "012345678901"))
+    assert interactions(all_digits) == interactions(SESSION_CASSETTE)
+    floats = tmp_path / "floats.yaml"  # a float's decimals are not an id
+    floats.write_text(text.replace(".00475311279297", ".00475311279298"))
+    assert interactions(floats) != interactions(SESSION_CASSETTE)
 
 
 def interactions(path: Path) -> list[dict[str, Any]]:

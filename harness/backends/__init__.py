@@ -34,13 +34,14 @@ def open_service_client(
     config: BackendConfig,
     environ: Mapping[str, str],
     reward_fn: Callable[..., Any] | None = None,
+    plugged: Mapping[str, Any] | None = None,
     storage_dir: Path | None = None,
 ) -> Iterator[Any]:
     """The run's service client, recording to --record_cassette when asked (with the name of
-    `reward_fn`, a reward replacing the task's); whatever the backend started (a local server)
-    stops when the block ends. The local backends keep `tinker://` checkpoints in
-    `storage_dir`, by default the run's own `{log_path}/tinker-storage`, so rerunning the
-    command finds them."""
+    `reward_fn`, a reward replacing the task's, and `plugged`, what identifies the functions the
+    flags plugged in); whatever the backend started (a local server) stops when the block ends.
+    The local backends keep `tinker://` checkpoints in `storage_dir`, by default the run's own
+    `{log_path}/tinker-storage`, so rerunning the command finds them."""
     backend = resolve_backend(config, environ)
     storage_dir = storage_dir or Path(config.log_path) / "tinker-storage"
     with contextlib.ExitStack() as stack:
@@ -55,10 +56,17 @@ def open_service_client(
                     backend=backend,
                     config=dataclasses.asdict(config),
                     reward=reward_name(reward_fn),
+                    plugged=plugged,
                     environ=environ,
                 )
             )
         yield service
+
+
+def scores_hook(service_client: Any) -> Callable[[int, Any, Any], None] | None:
+    """Where a step's rewards and advantages go: a recording keeps them, a replay checks them
+    against the recorded ones; other backends take none."""
+    return getattr(service_client, "step_scores", None)
 
 
 @contextlib.contextmanager

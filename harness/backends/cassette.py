@@ -1,7 +1,8 @@
 """Cassettes: every client call of a run as JSON lines, and the exact encoding of their values.
 
 A cassette is a JSONL file. Its first line is the header (format, harness and `tinker` versions,
-backend, model, the run's config, the reward); every other line is one call:
+backend, model, the run's config, the reward, the plugged functions' sources and digests); every
+other line is one call:
 
     {"index": 7, "client": "sampling@5", "method": "sample", "request": {...},
      "response": {...} | "error": {...}, "submitted_s": 1.25, "latency_s": 0.31}
@@ -11,7 +12,8 @@ backend, model, the run's config, the reward); every other line is one call:
 their SDK default left out, a ModelInput's adjacent text chunks joined), `submitted_s` seconds
 since the recording began and `latency_s` seconds from submission to result. Lines are appended
 as results arrive, so they are in completion order; a line cut short by a kill is skipped on
-reading.
+reading. A line `{"step_scores": k, "rewards": ..., "advantages": ...}` keeps step k's (P, G)
+rewards and advantages, for a replay to say which step's differ first.
 
 Values are JSON where JSON is exact. The rest is tagged: `{"$type": "Datum", <fields>}` for the
 dataclasses and pydantic models of `tinker.types`; `{"$type": "TensorData", "dtype", "shape",
@@ -27,7 +29,8 @@ import dataclasses
 import inspect
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,34 +326,67 @@ class Difference:
 def first_difference(recorded: Any, replayed: Any, path: str = "") -> Difference | None:
     """Where two encoded values first differ; floats agree to a relative 1e-6, so float
     arithmetic that differs in the last bits across machines still replays."""
+    return next(differences(recorded, replayed, path), None)
+
+
+def differences(recorded: Any, replayed: Any, path: str = "") -> Iterator[Difference]:
+    """Every place where two encoded values differ, in order (lazily: the first costs as
+    little as `first_difference` needs)."""
     if _is_number(recorded) and _is_number(replayed):
-        if recorded == replayed or (
-            (isinstance(recorded, float) or isinstance(replayed, float))
-            and math.isclose(recorded, replayed, rel_tol=REL_TOLERANCE, abs_tol=1e-12)
+        if not (
+            recorded == replayed
+            or (
+                (isinstance(recorded, float) or isinstance(replayed, float))
+                and math.isclose(recorded, replayed, rel_tol=REL_TOLERANCE, abs_tol=1e-12)
+            )
         ):
-            return None
-        return Difference(path, recorded, replayed)
-    if type(recorded) is type(replayed) and recorded == replayed:
-        return None  # most requests replay exactly: one comparison at C speed
-    if isinstance(recorded, list) and isinstance(replayed, list):
+            yield Difference(path, recorded, replayed)
+    elif type(recorded) is type(replayed) and recorded == replayed:
+        return  # most requests replay exactly: one comparison at C speed
+    elif isinstance(recorded, list) and isinstance(replayed, list):
         for i, (a, b) in enumerate(zip(recorded, replayed, strict=False)):
-            if (found := first_difference(a, b, f"{path}[{i}]")) is not None:
-                return found
+            yield from differences(a, b, f"{path}[{i}]")
         if len(recorded) != len(replayed):
-            return Difference(f"{path} (length)", len(recorded), len(replayed))
-        return None
-    if isinstance(recorded, dict) and isinstance(replayed, dict):
+            yield Difference(f"{path} (length)", len(recorded), len(replayed))
+    elif isinstance(recorded, dict) and isinstance(replayed, dict):
         if recorded.get("$type") != replayed.get("$type"):
-            return Difference(path, recorded, replayed)
+            yield Difference(path, recorded, replayed)
+            return
         keys = [*recorded, *(k for k in replayed if k not in recorded)]
         for key in keys:
-            if key == "$type":
-                continue
-            a, b = recorded.get(key, ABSENT), replayed.get(key, ABSENT)
-            if (found := first_difference(a, b, _child_path(path, key))) is not None:
-                return found
-        return None
-    return Difference(path, recorded, replayed)
+            if key != "$type":
+                a, b = recorded.get(key, ABSENT), replayed.get(key, ABSENT)
+                yield from differences(a, b, _child_path(path, key))
+    else:
+        yield Difference(path, recorded, replayed)
+
+
+def request_changes(before: Sequence[Call], after: Sequence[Call]) -> list[str]:
+    """What a re-recording changed in the requests, one line per (call, field): how many calls
+    differ there and one example. Calls pair by position; list indices are folded into `[*]`,
+    so a field that changed in every Datum is one line."""
+    names = ([c.name for c in before], [c.name for c in after])
+    if [_generic(n) for n in names[0]] != [_generic(n) for n in names[1]]:
+        lines = [f"the calls differ: {len(before)} recorded before, {len(after)} now"]
+        for position, (old, new) in enumerate(zip(*names, strict=False)):
+            if _generic(old) != _generic(new):
+                return [*lines, f"  first at call {position}: {old} before, {new} now"]
+        return lines
+    changed: dict[tuple[str, str], list[Difference]] = {}
+    for old, new in zip(before, after, strict=True):
+        for difference in differences(old.request, new.request):
+            key = (_generic(new.name), re.sub(r"\[\d+\]", "[*]", difference.path))
+            changed.setdefault(key, []).append(difference)
+    return [
+        f"{name} {path or '(the request)'}: {len(found)} calls, e.g. before"
+        f" {show(found[0].recorded)}, now {show(found[0].replayed)}"
+        for (name, path), found in changed.items()
+    ]
+
+
+def _generic(name: str) -> str:
+    """A call's name without the index of its client (`sampling@7.sample` -> `sampling.sample`)."""
+    return re.sub(r"@\d+", "", name)
 
 
 def _child_path(path: str, key: str) -> str:
@@ -474,6 +510,8 @@ class Cassette:
     header: dict[str, Any]
     calls: list[Call]
     """In order of submission; a run killed mid-call ends before that call."""
+    scores: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    """Each recorded step's (rewards_P_G, advantages_P_G)."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -503,7 +541,7 @@ def read_cassette(path: str | Path) -> Cassette:
     path = Path(path)
     lines = path.read_text(encoding="utf-8").splitlines()
     header = _header(path, lines[0] if lines else "")
-    calls = []
+    calls, scores = [], {}
     for number, line in enumerate(lines[1:], start=2):
         try:
             row = json.loads(line)
@@ -511,9 +549,12 @@ def read_cassette(path: str | Path) -> Cassette:
             if number == len(lines):
                 break  # cut short by a kill mid-write
             raise CassetteError(f"{path}:{number} is not a JSON line") from None
-        calls.append(Call(**row))
+        if "step_scores" in row:
+            scores[row["step_scores"]] = (decode(row["rewards"]), decode(row["advantages"]))
+        else:
+            calls.append(Call(**row))
     calls.sort(key=lambda call: call.index)
-    return Cassette(path, header, _until_first_gap(calls))
+    return Cassette(path, header, _until_first_gap(calls), scores)
 
 
 def _until_first_gap(calls: list[Call]) -> list[Call]:

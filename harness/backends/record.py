@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tinker
 from tinker.lib.public_interfaces.api_future import APIFuture, AwaitableConcurrentFuture
 
@@ -86,6 +87,15 @@ class Recorder:
                 **outcome,
                 "submitted_s": round(submitted - self._start, 6),
                 "latency_s": round(arrived - submitted, 6),
+            }
+        )
+
+    def write_scores(self, step: int, rewards_P_G: np.ndarray, advantages_P_G: np.ndarray) -> None:
+        self._write(
+            {
+                "step_scores": step,
+                "rewards": encode(rewards_P_G),
+                "advantages": encode(advantages_P_G),
             }
         )
 
@@ -225,6 +235,7 @@ class RecordingServiceClient(RecordingClient):
         backend: str,
         config: Mapping[str, Any],
         reward: str | None = None,
+        plugged: Mapping[str, Any] | None = None,
         environ: Mapping[str, str] = os.environ,
     ):
         header = {
@@ -235,12 +246,17 @@ class RecordingServiceClient(RecordingClient):
             "model": config.get("model_name"),
             "config": encode(dict(config)),
             "reward": reward,
+            "plugged": dict(plugged or {}),
             "recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         super().__init__(service, Recorder(path, header, environ), "service", "service")
 
     def __enter__(self) -> RecordingServiceClient:
         return self
+
+    def step_scores(self, step: int, rewards_P_G: np.ndarray, advantages_P_G: np.ndarray) -> None:
+        """Keep a step's rewards and advantages, so a replay can tell where its differ."""
+        self._recorder.write_scores(step, rewards_P_G, advantages_P_G)
 
     def __exit__(self, *exc_info: object) -> None:
         self._recorder.close()

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import builtins
 import functools
-import importlib
 import itertools
 import math
 import os
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -24,6 +22,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tinker.lib.public_interfaces.api_future import APIFuture, AwaitableConcurrentFuture
 
 from harness.backends.cassette import (
@@ -42,6 +41,7 @@ from harness.backends.cassette import (
     read_header,
 )
 from harness.config import ConfigError
+from harness.plugins import import_module
 
 TOKENIZER_ENV = "HARNESS_REPLAY_TOKENIZER"
 # Reward functions a cassette may name: importing one runs no code from elsewhere.
@@ -311,6 +311,24 @@ class ReplayServiceClient(ReplayClient):
     def __enter__(self) -> ReplayServiceClient:
         return self
 
+    def step_scores(self, step: int, rewards_P_G: np.ndarray, advantages_P_G: np.ndarray) -> None:
+        """Stop at the first step whose rewards or advantages differ from the recorded ones
+        (a different reward or advantages function than the recorded run's, say)."""
+        recorded = self._replay.cassette.scores.get(step)
+        if recorded is None:  # recorded before cassettes kept scores
+            return
+        for what, was, now in zip(
+            ("rewards", "advantages"), recorded, (rewards_P_G, advantages_P_G), strict=True
+        ):
+            difference = _first_differing_row(was, now)
+            if difference is not None:
+                raise self._replay.mismatch(
+                    f"step {step}: the {what} differ from the recording, first in group"
+                    f" {difference}: recorded {_row(was, difference)}, replay"
+                    f" {_row(now, difference)} (the cassette's header names the recorded run's"
+                    " reward and advantages functions)"
+                )
+
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         rest = self._replay.unreplayed()
         if exc_type is None and rest:
@@ -320,12 +338,29 @@ class ReplayServiceClient(ReplayClient):
             )
 
 
-def recorded_reward_fn(cassette: str | Path) -> Callable[[str, str], dict[str, float]] | None:
-    """The reward function the cassette's run trained with, when not the task's own."""
+def _row(values_P_G: Any, p: int) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in np.asarray(values_P_G)[p].tolist()) + "]"
+
+
+def _first_differing_row(recorded: Any, replayed: np.ndarray) -> int | None:
+    recorded = np.asarray(recorded)
+    if recorded.shape != replayed.shape:
+        return 0
+    same_P = np.isclose(replayed, recorded, rtol=1e-6, atol=1e-7).all(axis=1)
+    return None if same_P.all() else int(np.argmin(same_P))
+
+
+def recorded_header(cassette: str | Path) -> dict[str, Any]:
+    """The cassette's header; ConfigError (one line) for a file that is not a cassette."""
     try:
-        name = read_header(cassette).get("reward")
+        return read_header(cassette)
     except CassetteError as error:
         raise ConfigError(f"--cassette: {error}") from None
+
+
+def recorded_reward_fn(cassette: str | Path) -> Callable[[str, str], dict[str, float]] | None:
+    """The reward function the cassette's run trained with, when not the task's own."""
+    name = recorded_header(cassette).get("reward")
     if name is None:
         return None
     module_name, _, qualname = name.partition(":")
@@ -336,22 +371,9 @@ def recorded_reward_fn(cassette: str | Path) -> Callable[[str, str], dict[str, f
             " it from Python with train(..., reward_fn=...)"
         )
     try:
-        return functools.reduce(getattr, qualname.split("."), _import_from_here(module_name))
+        return functools.reduce(getattr, qualname.split("."), import_module(module_name))
     except (ImportError, AttributeError) as error:
         raise ConfigError(
             f"--cassette={cassette} was recorded with the reward {name}, which does not import"
             f" here ({error}); run from the repository's root"
         ) from None
-
-
-def _import_from_here(module_name: str) -> Any:
-    """The module, importable as is or from the working directory (the repository's root, where
-    the test seams live, is not on a script's path)."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        sys.path.append(os.getcwd())
-        try:
-            return importlib.import_module(module_name)
-        finally:
-            sys.path.remove(os.getcwd())

@@ -18,7 +18,7 @@ class ServeConfig:
 
     Clients use `tinker.ServiceClient(base_url="http://HOST:PORT", api_key=...)`. When
     TINKER_API_KEY is set where the server starts, requests must carry that key; otherwise any
-    key starting with `tml-` is accepted.
+    key starting with `tml-` is accepted, and the server listens on loopback addresses only.
     """
 
     model: tuple[str, ...]
@@ -26,7 +26,7 @@ class ServeConfig:
     port: int = 8000
     """Port to listen on (0 picks a free one)."""
     host: str = "127.0.0.1"
-    """Address to listen on."""
+    """Address to listen on; one beyond loopback needs TINKER_API_KEY set."""
     storage_dir: str = "tinker-local-storage"
     """Where checkpoints (tinker://... paths) are stored."""
     seed: int | None = None
@@ -41,16 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     config = tyro.cli(
         ServeConfig, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True
     )
-    server = LocalTinkerServer(
-        config.model,
-        config.storage_dir,
-        host=config.host,
-        port=config.port,
-        api_key=os.environ.get("TINKER_API_KEY") or None,
-        seed=config.seed,
-        device=config.device,
-        log_level=config.log_level,
-    )
+    try:
+        server = LocalTinkerServer(
+            config.model,
+            config.storage_dir,
+            host=config.host,
+            port=config.port,
+            api_key=os.environ.get("TINKER_API_KEY") or None,
+            seed=config.seed,
+            device=config.device,
+            log_level=config.log_level,
+        )
+    except (ValueError, OSError) as error:  # a bad model, address or port: the user's to fix
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(
         f"serving {', '.join(config.model)} at {server.base_url} (checkpoints in"
         f" {config.storage_dir}); Ctrl-C stops",

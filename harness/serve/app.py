@@ -1,27 +1,27 @@
 """The HTTP face of `ServerState`: Tinker's `/api/v1` endpoints as the SDK 0.38 calls them.
 
-Bodies are JSON except `forward_backward`'s (protobuf, maybe zstd-compressed); results of
-`forward_backward` and `asample` go back as protobuf, the rest as JSON. A refused request
-answers `{"detail": message}` with a status the SDK does not retry (400, 401, 404, 410, 415),
-so a mistake surfaces as the SDK's own error type at once. An endpoint the server lacks answers
-404 naming it.
+Bodies are JSON except `forward_backward`'s (protobuf, maybe zstd-compressed), each read within
+the state's `Limits` (`bodies`); results of `forward_backward` and `asample` go back as
+protobuf, the rest as JSON. A refused request answers `{"detail": message}` with a status the
+SDK does not retry (400, 401, 404, 410, 413, 415), so a mistake surfaces as the SDK's own error
+type at once. The `training_runs` and `checkpoints` endpoints are `tinker.RestClient`'s. An
+endpoint the server lacks answers 404 naming it.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pydantic
-import zstandard
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from tinker import types
 
+from .bodies import decode, parse_json_object, read_bounded, too_large
 from .futures import Failure, Payload
-from .state import JSON, HttpError, ServerState
+from .state import JSON, HttpError, Limits, ServerState
 
 API = "/api/v1"
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -62,12 +62,14 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
 
     @app.post(f"{API}/create_session")
     async def create_session(request: Request) -> Response:
-        _parse(types.CreateSessionRequest, await _json(request))
+        _parse(types.CreateSessionRequest, await _json(request, state.limits))
         return _model(types.CreateSessionResponse(session_id=state.create_session()))
 
     @app.post(f"{API}/session_heartbeat")
     async def session_heartbeat(request: Request) -> Response:
-        state.heartbeat(_parse(types.SessionHeartbeatRequest, await _json(request)).session_id)
+        state.heartbeat(
+            _parse(types.SessionHeartbeatRequest, await _json(request, state.limits)).session_id
+        )
         return _model(types.SessionHeartbeatResponse())
 
     @app.post(API + "/sessions/{session_id}/finish")
@@ -98,16 +100,20 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
 
     @app.post(f"{API}/create_model")
     async def create_model(request: Request) -> Response:
-        body = _parse(types.CreateModelRequest, await _json(request))
+        body = _parse(types.CreateModelRequest, await _json(request, state.limits))
         return _future(*state.create_model(body))
 
     @app.post(f"{API}/load_weights")
     async def load_weights(request: Request) -> Response:
-        return _future(*state.load_weights(_parse(types.LoadWeightsRequest, await _json(request))))
+        return _future(
+            *state.load_weights(
+                _parse(types.LoadWeightsRequest, await _json(request, state.limits))
+            )
+        )
 
     @app.post(f"{API}/get_info")
     async def get_info(request: Request) -> Response:
-        body = _parse(types.GetInfoRequest, await _json(request))
+        body = _parse(types.GetInfoRequest, await _json(request, state.limits))
         return _model(state.get_info(body.model_id))
 
     @app.post(f"{API}/forward_backward")
@@ -117,17 +123,21 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
             raise HttpError(
                 415, f"forward_backward takes application/x-protobuf bodies, not {content_type!r}"
             )
-        return _future(*state.forward_backward(await _body(request)))
+        limits = state.limits
+        body = await _body(request, limits.max_body_bytes, limits.max_decoded_bytes)
+        return _future(*state.forward_backward(body))
 
     # JSON training requests, validated in their seq_id turn: a malformed one leaves no gap.
     for submit in (state.optim_step, state.save_weights, state.save_weights_for_sampler):
-        app.add_api_route(f"{API}/{submit.__name__}", _queued(submit), methods=["POST"])
+        app.add_api_route(
+            f"{API}/{submit.__name__}", _queued(submit, state.limits), methods=["POST"]
+        )
 
     # -- sampling -----------------------------------------------------------------------------
 
     @app.post(f"{API}/create_sampling_session")
     async def create_sampling_session(request: Request) -> Response:
-        body = _parse(types.CreateSamplingSessionRequest, await _json(request))
+        body = _parse(types.CreateSamplingSessionRequest, await _json(request, state.limits))
         sampler_id = await state.create_sampling_session(body)
         return _model(types.CreateSamplingSessionResponse(sampling_session_id=sampler_id))
 
@@ -137,7 +147,9 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
 
     @app.post(f"{API}/asample")
     async def asample(request: Request) -> Response:
-        request_id, sequence_ids = state.sample(_parse(types.SampleRequest, await _json(request)))
+        request_id, sequence_ids = state.sample(
+            _parse(types.SampleRequest, await _json(request, state.limits))
+        )
         return _model(
             types.UntypedAPIFuture(request_id=request_id, sample_sequence_ids=sequence_ids)
         )
@@ -146,7 +158,9 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
 
     @app.post(f"{API}/retrieve_future")
     async def retrieve_future(request: Request) -> Response:
-        request_id = _parse(types.FutureRetrieveRequest, await _json(request)).request_id
+        request_id = _parse(
+            types.FutureRetrieveRequest, await _json(request, state.limits)
+        ).request_id
         if request_id not in state.futures:
             raise HttpError(
                 404,
@@ -162,6 +176,38 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
             return JSONResponse({"error": outcome.message, "category": outcome.category})
         assert isinstance(outcome, Payload)
         return Response(outcome.body, media_type=outcome.media_type)
+
+    # -- training runs and checkpoints (tinker.RestClient) -------------------------------------
+
+    @app.get(f"{API}/training_runs")
+    async def list_training_runs(limit: int = 20, offset: int = 0) -> Response:
+        return _model(state.training_runs(limit, offset))
+
+    @app.get(API + "/training_runs/{run_id}")
+    async def get_training_run(run_id: str) -> Response:
+        return _model(state.training_run(run_id))
+
+    @app.get(API + "/training_runs/{run_id}/checkpoints")
+    async def list_checkpoints(run_id: str) -> Response:
+        return _model(state.checkpoints(run_id))
+
+    @app.get(f"{API}/checkpoints")
+    async def list_user_checkpoints(limit: int = 100, offset: int = 0) -> Response:
+        return _model(state.checkpoints(None, limit, offset))
+
+    @app.put(API + "/training_runs/{run_id}/checkpoints/{checkpoint_id:path}/ttl")
+    async def set_checkpoint_ttl(run_id: str, checkpoint_id: str, request: Request) -> Response:
+        body = await _json(request, state.limits)
+        ttl = body.get("ttl_seconds")
+        if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
+            raise HttpError(400, f"ttl_seconds must be an integer or null, got {ttl!r}")
+        state.set_checkpoint_ttl(run_id, checkpoint_id, ttl)
+        return JSONResponse({})
+
+    @app.delete(API + "/training_runs/{run_id}/checkpoints/{checkpoint_id:path}")
+    async def delete_checkpoint(run_id: str, checkpoint_id: str) -> Response:
+        state.delete_checkpoint(run_id, checkpoint_id)
+        return JSONResponse({})
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def not_implemented(path: str, request: Request) -> Response:
@@ -186,27 +232,18 @@ def _refusal(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
-async def _body(request: Request) -> bytes:
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity")
-    if encoding == "zstd":
-        try:
-            return zstandard.ZstdDecompressor().decompressobj().decompress(body)
-        except zstandard.ZstdError as error:
-            raise HttpError(400, f"body is not valid zstd: {error}") from error
-    if encoding != "identity":
-        raise HttpError(415, f"content-encoding {encoding!r} is not supported (zstd or none)")
-    return body
+async def _body(request: Request, max_wire: int, max_decoded: int) -> bytearray:
+    """The request's body, at most `max_wire` bytes as sent and `max_decoded` decoded (413
+    past either); a declared length past the bound is refused before anything is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_wire:
+        raise too_large("the request body", max_wire)
+    body = await read_bounded(request.stream(), max_wire, "the request body")
+    return decode(body, request.headers.get("content-encoding", "identity"), max_decoded)
 
 
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await _body(request))
-    except ValueError as error:
-        raise HttpError(400, f"body is not JSON: {error}") from error
-    if not isinstance(body, dict):
-        raise HttpError(400, "body must be a JSON object")
-    return body
+async def _json(request: Request, limits: Limits) -> dict[str, Any]:
+    return parse_json_object(await _body(request, limits.max_json_bytes, limits.max_json_bytes))
 
 
 def _parse(model: type[Model], body: dict[str, Any]) -> Model:
@@ -220,11 +257,11 @@ def _model(model: pydantic.BaseModel) -> Response:
     return Response(model.model_dump_json(exclude_none=True), media_type=JSON)
 
 
-def _queued(submit: Callable[[dict[str, Any]], tuple[str, str]]):
+def _queued(submit: Callable[[dict[str, Any]], tuple[str, str]], limits: Limits):
     """An endpoint handing its JSON body to `submit`, which queues it on its model."""
 
     async def endpoint(request: Request) -> Response:
-        return _future(*submit(await _json(request)))
+        return _future(*submit(await _json(request, limits)))
 
     return endpoint
 

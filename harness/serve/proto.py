@@ -34,11 +34,21 @@ class ForwardBackwardCall:
     data: list[types.Datum]
 
 
-def parse_forward_backward(body: bytes) -> pb.ForwardBackwardRequest:
+def parse_forward_backward(body: bytes | bytearray) -> pb.ForwardBackwardRequest:
     """The message itself; `decode_forward_backward` turns it into tinker types."""
     message = pb.ForwardBackwardRequest()
     message.ParseFromString(body)
     return message
+
+
+def token_count(message: pb.ForwardBackwardRequest) -> int:
+    """model_input tokens over all Datums, counted without decoding them (int32 each)."""
+    return sum(
+        len(chunk.encoded_text.tokens) // 4
+        for datum in message.data
+        for chunk in datum.model_input
+        if chunk.WhichOneof("chunk") == "encoded_text"
+    )
 
 
 def decode_forward_backward(message: pb.ForwardBackwardRequest) -> ForwardBackwardCall:

@@ -8,10 +8,11 @@ close, so an SDK waiting on a result gets an error instead of polling a dead por
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -36,6 +37,20 @@ class _Uvicorn(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Refuse to listen beyond this machine without a key: a ValueError unless every address
+    `host` names is loopback, or `api_key` is set."""
+    if api_key is not None:
+        return
+    addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    exposed = sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+    if exposed:
+        raise ValueError(
+            f"refusing to listen on {host} ({', '.join(exposed)}) without an API key: set"
+            " TINKER_API_KEY where the server starts, or listen on 127.0.0.1"
+        )
+
+
 def _listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket listening on host:port. It is made with proto=IPPROTO_TCP, as asyncio's
     own are: only then does asyncio turn Nagle's algorithm off on the connections it accepts
@@ -52,7 +67,8 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 class LocalTinkerServer:
     """Serves `models` (local model directories or cached hub ids, loaded at start) on
-    `host:port` (0 picks a free port). Checkpoints live under `storage_dir`."""
+    `host:port` (0 picks a free port). Checkpoints live under `storage_dir`; their TTLs run on
+    `clock` (seconds since the epoch). Without `api_key`, only loopback addresses are served."""
 
     def __init__(
         self,
@@ -67,10 +83,12 @@ class LocalTinkerServer:
         limits: Limits | None = None,
         log_level: str = "warning",
         access_log: bool = False,
+        clock: Callable[[], float] = time.time,
     ):
         if not models:
             raise ValueError("serve at least one model")
-        service = LocalServiceClient(storage_dir, device=device, seed=seed)
+        check_exposure(host, api_key)
+        service = LocalServiceClient(storage_dir, device=device, seed=seed, clock=clock)
         # Loaded now: a bad model fails here, and the first create is fast.
         served = {name: service.base(name)[0] for name in models}
         self.state = ServerState(service, served, limits)

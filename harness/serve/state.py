@@ -25,6 +25,7 @@ from tinker import types
 from harness.backends.local import LocalSamplingClient, LocalServiceClient, LocalTrainingClient
 from harness.backends.local.models import resolve_model_dir
 
+from . import rest
 from .futures import Failure, FutureStore, Outcome, Payload
 from .ordering import SampleBatcher, SeqQueue
 from .proto import (
@@ -32,6 +33,7 @@ from .proto import (
     encode_forward_backward_output,
     encode_sample_response,
     parse_forward_backward,
+    token_count,
 )
 
 PROTOBUF = "application/x-protobuf"
@@ -58,7 +60,7 @@ class HttpError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """How long things wait and how much is kept."""
+    """How long things wait, how much is kept, and how much one request may ask for."""
 
     hold_s: float = 30.0
     """Longest a `retrieve_future` poll waits for its result."""
@@ -74,6 +76,22 @@ class Limits:
     """A session with no heartbeat for this long is dropped with its models and samplers."""
     max_samplers: int = 8
     """Samplers kept in memory; the least recently used beyond this are released."""
+    # Request bounds. The SDK sends forward_backward in chunks of at most 1,024 Datums and about
+    # 5 MB, so its requests stay well inside these; a client that asks for more is refused.
+    max_body_bytes: int = 64 << 20
+    """Largest request body on the wire (compressed or not)."""
+    max_decoded_bytes: int = 64 << 20
+    """Largest request body after zstd decompression."""
+    max_json_bytes: int = 8 << 20
+    """Largest JSON request body (a 32,768-token prompt is about 200 kB of JSON)."""
+    max_datums: int = 1024
+    """Datums in one forward_backward request."""
+    max_request_tokens: int = 1 << 20
+    """model_input tokens, summed over a forward_backward request's Datums."""
+    max_num_samples: int = 256
+    """num_samples of one sampling request."""
+    max_sample_tokens: int = 32768
+    """sampling_params.max_tokens of one sampling request."""
 
 
 @dataclass
@@ -263,7 +281,7 @@ class ServerState:
 
     # -- training requests, in seq_id order ---------------------------------------------------
 
-    def forward_backward(self, body: bytes) -> tuple[str, str]:
+    def forward_backward(self, body: bytes | bytearray) -> tuple[str, str]:
         try:
             message = parse_forward_backward(body)
         except Exception as error:
@@ -272,6 +290,7 @@ class ServerState:
             ) from error
 
         def run(client: LocalTrainingClient):
+            check_forward_backward_size(message, self.limits)
             call = decode_forward_backward(message)
             method = client.forward if call.forward_only else client.forward_backward
             return method(call.data, call.loss_fn, call.loss_fn_config)
@@ -419,9 +438,13 @@ class ServerState:
         sampler = self.sampler(request.sampling_session_id)
         request_id = self.futures.open()
         prefix = f"{sampler.sampler_id}:{request.seq_id}"
+        # Judged now, so a huge num_samples never becomes a list of ids; failed in its turn.
+        refusal = sample_size_refusal(request, self.limits)
 
         def start() -> None:
             try:
+                if refusal is not None:
+                    raise ValueError(refusal)
                 future = sampler.client.sample(
                     request.prompt,
                     request.num_samples,
@@ -439,7 +462,43 @@ class ServerState:
                 self._follow(request_id, future.future(), _result_payload)
 
         self._batcher.submit(sampler.order, request.seq_id, start)
+        if refusal is not None:  # the request fails, so the SDK never reads its ids
+            return request_id, []
         return request_id, [f"{prefix}:{i}" for i in range(request.num_samples)]
+
+    # -- training runs and checkpoints: the RestClient's calls --------------------------------
+
+    def training_run(self, run_id: str) -> types.TrainingRun:
+        records = self.service.store.saved(run_id)
+        if not records:
+            raise HttpError(
+                404,
+                f"training run {run_id!r} has no checkpoints on this server (a run is known"
+                " here once it has saved one)",
+            )
+        return rest.training_run(run_id, records)
+
+    def training_runs(self, limit: int, offset: int) -> types.TrainingRunsResponse:
+        runs = rest.training_runs_newest_first(self.service.store.saved())
+        window, cursor = _page(len(runs), limit, offset)
+        return types.TrainingRunsResponse(training_runs=runs[window], cursor=cursor)
+
+    def checkpoints(
+        self, run_id: str | None, limit: int | None = None, offset: int = 0
+    ) -> types.CheckpointsListResponse:
+        """One run's checkpoints (all of them), or every run's (a page of them)."""
+        listed = rest.checkpoints_newest_first(self.service.store.saved(run_id))
+        if limit is None:
+            return types.CheckpointsListResponse(checkpoints=listed)
+        window, cursor = _page(len(listed), limit, offset)
+        return types.CheckpointsListResponse(checkpoints=listed[window], cursor=cursor)
+
+    def delete_checkpoint(self, run_id: str, checkpoint_id: str) -> None:
+        _checkpoint_call(self.service.store.delete, f"tinker://{run_id}/{checkpoint_id}")
+
+    def set_checkpoint_ttl(self, run_id: str, checkpoint_id: str, ttl: int | None) -> None:
+        path = f"tinker://{run_id}/{checkpoint_id}"
+        _checkpoint_call(lambda p: self.service.store.set_ttl(p, ttl), path)
 
     # -- results ------------------------------------------------------------------------------
 
@@ -477,6 +536,54 @@ class ServerState:
         self.futures.close(Failure(message, "server"))
         self._workers.shutdown(wait=False, cancel_futures=True)
         self.service.close()
+
+
+def _page(total: int, limit: int, offset: int) -> tuple[slice, types.Cursor]:
+    try:
+        return rest.page(total, limit, offset)
+    except ValueError as error:
+        raise HttpError(400, str(error)) from error
+
+
+def _checkpoint_call(call: Callable[[str], None], path: str) -> None:
+    """`call(path)`, its mistakes as HTTP refusals: 404 for a missing checkpoint, else 400."""
+    try:
+        call(path)
+    except FileNotFoundError as error:
+        raise HttpError(404, str(error)) from error
+    except ValueError as error:
+        raise HttpError(400, str(error)) from error
+
+
+def check_forward_backward_size(message: Any, limits: Limits) -> None:
+    """A ValueError if a forward_backward request asks for more than `limits` allow."""
+    if len(message.data) > limits.max_datums:
+        raise ValueError(
+            f"forward_backward request holds {len(message.data):,} Datums; this server takes at"
+            f" most {limits.max_datums:,} per request (send them in several requests)"
+        )
+    tokens = token_count(message)
+    if tokens > limits.max_request_tokens:
+        raise ValueError(
+            f"forward_backward request holds {tokens:,} model_input tokens; this server takes"
+            f" at most {limits.max_request_tokens:,} per request (send fewer Datums at once)"
+        )
+
+
+def sample_size_refusal(request: types.SampleRequest, limits: Limits) -> str | None:
+    """Why a sampling request asks for more than `limits` allow, or None."""
+    if request.num_samples > limits.max_num_samples:
+        return (
+            f"num_samples={request.num_samples:,} exceeds this server's limit of"
+            f" {limits.max_num_samples:,} per request (send several requests)"
+        )
+    max_tokens = request.sampling_params.max_tokens
+    if max_tokens is not None and max_tokens > limits.max_sample_tokens:
+        return (
+            f"sampling_params.max_tokens={max_tokens:,} exceeds this server's limit of"
+            f" {limits.max_sample_tokens:,}"
+        )
+    return None
 
 
 def failure(error: BaseException) -> Failure:

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import tinker
 
 from harness.serve import Limits, LocalTinkerServer
@@ -19,12 +20,38 @@ MODEL = str(REPO / TINY_MODEL)
 KEY = "tml-test-7f3c9b1e2d"
 
 
-def start_server(storage_dir: Path, limits: Limits | None = None) -> LocalTinkerServer:
-    return LocalTinkerServer([MODEL], storage_dir, api_key=KEY, seed=0, limits=limits).start()
+def start_server(storage_dir: Path, limits: Limits | None = None, **options) -> LocalTinkerServer:
+    return LocalTinkerServer(
+        [MODEL], storage_dir, api_key=KEY, seed=0, limits=limits, **options
+    ).start()
 
 
 def sdk_client(server: LocalTinkerServer) -> tinker.ServiceClient:
     return tinker.ServiceClient(base_url=server.base_url, api_key=KEY)
+
+
+@contextlib.contextmanager
+def sdk_session(server: LocalTinkerServer) -> Iterator[tinker.ServiceClient]:
+    """An SDK client on `server` whose session finishes when the block ends."""
+    client = sdk_client(server)
+    try:
+        yield client
+    finally:
+        client.close("success").result(timeout=30)
+
+
+@contextlib.contextmanager
+def serving(
+    storage_dir: Path, limits: Limits | None = None, **options
+) -> Iterator[LocalTinkerServer]:
+    """A started server, with the SDK's telemetry off while it runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINKER_TELEMETRY", "0")
+        server = start_server(storage_dir, limits, **options)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ up. Rows per batch are capped by a memory budget. Logprobs are those of the raw 
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,20 +83,34 @@ class Request:
 Item = tuple[Request, list[int]]  # a request and the sample indices this batch generates
 
 
+class Closed(RuntimeError):
+    """The engine was closed before a request finished."""
+
+
+CLOSED_MESSAGE = "the LocalServiceClient is closed"
+# A decoding step takes milliseconds; this only bounds a wait on a wedged device.
+_JOIN_TIMEOUT_S = 30.0
+
+
 class GenerationEngine:
-    """Serves `submit`ted requests from one background thread."""
+    """Serves `submit`ted requests from one background thread.
+
+    `close` fails what is queued, stops a generation at its next decoding step and joins the
+    thread: a thread still running torch while the interpreter tears down aborts the process
+    ("terminate called without an active exception"), as Ctrl-C mid-sampling once did.
+    """
 
     def __init__(self, memory_budget_bytes: int):
         self.memory_budget_bytes = memory_budget_bytes
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = threading.Event()
 
     def submit(self, sampler: SamplerModel, request: Request) -> None:
         with self._lock:
-            if self._closed:
-                settle(request.future, error=RuntimeError("the LocalServiceClient is closed"))
+            if self._closed.is_set():
+                settle(request.future, error=Closed(CLOSED_MESSAGE))
                 return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="local-sampler")
@@ -106,8 +120,11 @@ class GenerationEngine:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
+            self._closed.set()
+            thread = self._thread
         self._queue.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT_S)
 
     def _drain(self) -> list:
         """Whatever arrives until the queue has been quiet for SETTLE_S."""
@@ -122,19 +139,20 @@ class GenerationEngine:
     def _serve(self) -> None:
         while (first := self._queue.get()) is not None:
             work = [first, *self._drain()]
-            closing = None in work
             by_sampler: dict[int, tuple[SamplerModel, list[Request]]] = {}
             for sampler, request in filter(None, work):
                 by_sampler.setdefault(id(sampler), (sampler, []))[1].append(request)
             for sampler, requests in by_sampler.values():
                 try:
+                    if self._closed.is_set():
+                        raise Closed(CLOSED_MESSAGE)
                     with torch.inference_mode():
                         for items in batches(sampler, requests, self.memory_budget_bytes):
-                            generate(sampler, items)
+                            generate(sampler, items, self._closed.is_set)
                 except BaseException as error:
                     for request in requests:
                         settle(request.future, error=error)
-            if closing:
+            if None in work:
                 return
 
 
@@ -261,8 +279,11 @@ def _stop_reason(
     return "length" if len(tokens) >= params.max_tokens else None
 
 
-def generate(sampler: SamplerModel, items: Sequence[Item]) -> None:
-    """Generate every sample in `items` and deliver each to its request."""
+def generate(
+    sampler: SamplerModel, items: Sequence[Item], closed: Callable[[], bool] = lambda: False
+) -> None:
+    """Generate every sample in `items` and deliver each to its request; stop with `Closed`
+    at the first decoding step after `closed()` turns true."""
     lm = sampler.lm
     ids_U_L, mask_U_L, positions_U_L = _left_pad([r.prompt for r, _ in items], lm.device)
     wants_prompt_logprobs = any(r.prompt_logprobs for r, _ in items)
@@ -288,6 +309,8 @@ def generate(sampler: SamplerModel, items: Sequence[Item]) -> None:
     logprobs: list[list[float]] = [[] for _ in owners]
     reasons: list[types.StopReason | None] = [None] * len(owners)
     for step in range(steps):
+        if closed():
+            raise Closed(CLOSED_MESSAGE)
         uniforms_R = torch.from_numpy(row_uniforms(rows.keys, step)).to(lm.device)
         chosen_R = next_tokens(logits_R_V, rows.temperature, rows.top_k, rows.top_p, uniforms_R)
         chosen_logprobs_R = selected_logprobs(logits_R_V, chosen_R)

@@ -43,5 +43,6 @@ class OrderedWorker:
     def submit(self, fn: Callable[[], T]) -> APIFuture[T]:
         return AwaitableConcurrentFuture(self._executor.submit(fn))
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, wait: bool = False) -> None:
+        """Cancel what has not started; with `wait`, also wait for the call running now."""
+        self._executor.shutdown(wait=wait, cancel_futures=True)

@@ -1,7 +1,9 @@
 """Tinker's built-in losses as per-token functions (DESIGN section 3); pure torch.
 
 Each returns the per-token loss, shape (B, T); the caller sums it over tokens and datums. Inputs
-are the target logprobs under the current weights and the datum's `loss_fn_inputs`, all (B, T).
+are the target logprobs under the current weights and the datum's `loss_fn_inputs`, all (B, T),
+right-padded with zeros (a row is one Datum). Formulas follow Tinker's documentation, "Loss
+Functions" (tinker-docs.thinkingmachines.ai/tinker/losses/ and its page for each loss).
 """
 
 from collections.abc import Callable, Mapping
@@ -45,11 +47,40 @@ def cispo(
     return -(clipped_ratio.detach() * target_logprobs * advantages)
 
 
+def dro(
+    target_logprobs: torch.Tensor, logprobs: torch.Tensor, advantages: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """DRO (docs: losses/dro): -(log p * A - beta/2 * (log p - log q)^2), per token."""
+    return -(target_logprobs * advantages - 0.5 * beta * (target_logprobs - logprobs) ** 2)
+
+
+def gspo(
+    target_logprobs: torch.Tensor,
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    sequence_ratio_mask: torch.Tensor,
+    clip_low_threshold: float,
+    clip_high_threshold: float,
+) -> torch.Tensor:
+    """GSPO-token (docs: losses/gspo): each token's ratio has the value of its Datum's sequence
+    ratio, exp(mean log(p/q) over the tokens `sequence_ratio_mask` marks), and the gradient of
+    its own log p; then PPO's clipped objective with it."""
+    in_ratio_B_T = (sequence_ratio_mask != 0).to(target_logprobs.dtype)
+    marked_B = in_ratio_B_T.sum(-1)
+    if (marked_B == 0).any():
+        raise ValueError("gspo needs sequence_ratio_mask to mark at least one token of each Datum")
+    log_ratio_B = ((target_logprobs.detach() - logprobs) * in_ratio_B_T).sum(-1) / marked_B
+    ratio = torch.exp(log_ratio_B[:, None] + target_logprobs - target_logprobs.detach())
+    clipped_ratio = ratio.clamp(clip_low_threshold, clip_high_threshold)
+    return -torch.minimum(ratio * advantages, clipped_ratio * advantages)
+
+
 @dataclass(frozen=True)
 class LossSpec:
     fn: Callable[..., torch.Tensor]
     inputs: tuple[str, ...]
     config_defaults: Mapping[str, float] = field(default_factory=dict)
+    required_config: tuple[str, ...] = ()  # options without a documented default
 
 
 _CLIP = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
@@ -59,6 +90,14 @@ LOSSES: dict[str, LossSpec] = {
     "importance_sampling": LossSpec(importance_sampling, _POLICY_INPUTS),
     "ppo": LossSpec(ppo, _POLICY_INPUTS, _CLIP),
     "cispo": LossSpec(cispo, _POLICY_INPUTS, _CLIP),
+    "dro": LossSpec(dro, _POLICY_INPUTS, required_config=("beta",)),
+    "gspo": LossSpec(gspo, (*_POLICY_INPUTS, "sequence_ratio_mask"), _CLIP),
+}
+# Built-in losses the local backend cannot compute, and why.
+UNSUPPORTED = {
+    "stable_reinforce": "it needs stability information Tinker's sampler records"
+    " (record_stability_info=True), and Tinker does not publish what that is or the"
+    " formula that uses it",
 }
 
 
@@ -66,17 +105,29 @@ def resolve(
     loss_fn: str, loss_fn_config: Mapping[str, float | str] | None
 ) -> tuple[LossSpec, dict[str, float]]:
     """The loss named `loss_fn` and its full config, or a ValueError naming what is wrong."""
+    if loss_fn in UNSUPPORTED:
+        raise ValueError(
+            f"the local backend does not implement loss_fn {loss_fn!r}: {UNSUPPORTED[loss_fn]};"
+            f" it implements {sorted(LOSSES)}"
+        )
     if loss_fn not in LOSSES:
         raise ValueError(
             f"unknown loss_fn {loss_fn!r}; the local backend implements {sorted(LOSSES)}"
         )
     spec = LOSSES[loss_fn]
     config = dict(loss_fn_config or {})
-    unknown = sorted(set(config) - set(spec.config_defaults))
+    options = {*spec.config_defaults, *spec.required_config}
+    unknown = sorted(set(config) - options)
     if unknown:
         raise ValueError(
             f"loss_fn_config keys {unknown} are not options of {loss_fn!r}"
-            f" (it takes {sorted(spec.config_defaults) or 'none'})"
+            f" (it takes {sorted(options) or 'none'})"
+        )
+    missing = [key for key in spec.required_config if key not in config]
+    if missing:
+        raise ValueError(
+            f"loss_fn {loss_fn!r} needs loss_fn_config {missing}"
+            f" (e.g. loss_fn_config={{{missing[0]!r}: 0.05}})"
         )
     resolved = {**spec.config_defaults, **{k: float(v) for k, v in config.items()}}
     if "clip_low_threshold" in resolved and not (

@@ -2,6 +2,9 @@
 
 import random
 import threading
+import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,10 +75,10 @@ def _spec(meta: dict[str, Any]) -> LoraSpec | None:
     return LoraSpec(**meta["lora"]) if meta["lora"] is not None else None
 
 
-def _location(meta: dict[str, Any]) -> str:
-    """Where a checkpoint's base model is: the directory it was loaded from if that still
-    exists (the name may be a path relative to another working directory), else its name."""
-    return meta["model_dir"] if Path(meta["model_dir"]).is_dir() else meta["base_model"]
+def _close_all(engine: GenerationEngine, trainers: "weakref.WeakSet[LocalTrainingClient]") -> None:
+    engine.close()
+    for trainer in list(trainers):
+        trainer.close()
 
 
 class LocalServiceClient:
@@ -83,7 +86,8 @@ class LocalServiceClient:
 
     Everything it saves lives under `storage_dir`; a new process with the same `storage_dir`
     resolves every `tinker://` path. `seed` fixes what Tinker leaves random (LoRA init when
-    `seed=None`, unseeded sampling), so whole runs replay exactly.
+    `seed=None`, unseeded sampling), so whole runs replay exactly. `clock` (seconds since the
+    epoch) is what checkpoint TTLs run on.
     """
 
     def __init__(
@@ -94,8 +98,9 @@ class LocalServiceClient:
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
         memory_budget_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
     ):
-        self.store = CheckpointStore(storage_dir)
+        self.store = CheckpointStore(storage_dir, clock)
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype
         self._rng = random.Random(seed)
@@ -105,6 +110,9 @@ class LocalServiceClient:
         self._bases: dict[Path, PreTrainedModel] = {}
         self._tokenizers: dict[tuple[Path, str], Any] = {}
         self._load_lock = threading.Lock()
+        self._trainers: weakref.WeakSet[LocalTrainingClient] = weakref.WeakSet()
+        # Also at interpreter exit, for a client nobody closed.
+        weakref.finalize(self, _close_all, self._engine, self._trainers)
 
     def __enter__(self) -> "LocalServiceClient":
         return self
@@ -117,7 +125,8 @@ class LocalServiceClient:
         status: Literal["success", "errored", "interrupted"] = "success",
         detail: str | None = None,
     ) -> APIFuture[None]:
-        self._engine.close()
+        """Stop sampling and training: what is queued fails, what runs is waited for."""
+        _close_all(self._engine, self._trainers)
         return run_now(lambda: None)
 
     # -- models -------------------------------------------------------------------------------
@@ -133,6 +142,12 @@ class LocalServiceClient:
             if model_dir not in self._bases:
                 self._bases[model_dir] = load_base_model(model_dir, self.device, self.dtype)
             return model_dir, self._bases[model_dir]
+
+    def _location(self, meta: dict[str, Any]) -> str:
+        """Where a checkpoint's base model is: the directory it was loaded from if that still
+        exists (the name may be a path relative to another working directory), else its name."""
+        directory = self.store.absolute(meta["model_dir"])
+        return str(directory) if directory.is_dir() else meta["base_model"]
 
     def train_tokens_per_chunk(self, model: PreTrainedModel) -> int:
         """Padded tokens per forward/backward chunk that fit the memory budget."""
@@ -164,7 +179,9 @@ class LocalServiceClient:
         if checkpoint is not None:
             load_weights(model, checkpoint)
         run_id = self.store.new_run_id()
-        return LocalTrainingClient(self, run_id, base_model, model_dir, model, spec)
+        client = LocalTrainingClient(self, run_id, base_model, model_dir, model, spec)
+        self._trainers.add(client)
+        return client
 
     def sampling_client_for(
         self, model: torch.nn.Module, base_model: str, model_dir: Path
@@ -220,7 +237,7 @@ class LocalServiceClient:
             base_model or meta["base_model"],
             _spec(meta),
             checkpoint=directory,
-            location=base_model or _location(meta),
+            location=base_model or self._location(meta),
             optimizer=optimizer,
         )
         if with_optimizer:
@@ -267,7 +284,7 @@ class LocalServiceClient:
             directory = self.store.resolve(model_path)
             meta = read_meta(directory)
             name = base_model or meta["base_model"]
-            model_dir, base = self.base(base_model or _location(meta))
+            model_dir, base = self.base(base_model or self._location(meta))
             model = adapted(base, _spec(meta))
             load_weights(model, directory)
             return self.sampling_client_for(frozen_snapshot(model), name, model_dir)
@@ -288,5 +305,5 @@ class LocalServiceClient:
         new base."""
         directory = self.store.resolve(path)
         meta = read_meta(directory)
-        model_dir, base = self.base(_location(meta))
+        model_dir, base = self.base(self._location(meta))
         return export_merged(base, _spec(meta), directory, model_dir, Path(out_dir))

@@ -72,6 +72,11 @@ class LocalTrainingClient:
             model_name=base_model,
         )
 
+    def close(self) -> None:
+        """Cancel queued calls and wait for the one running: no thread of this client is in
+        torch afterwards (one still there when the interpreter exits aborts the process)."""
+        self._worker.shutdown(wait=True)
+
     @property
     def model(self) -> torch.nn.Module:
         """The model this client trains (for inspection; use the API to change it)."""
@@ -173,8 +178,10 @@ class LocalTrainingClient:
     ) -> str:
         """Write a checkpoint atomically (a killed save leaves no half-written checkpoint)."""
         path = TinkerPath(self.model_id, kind, check_name(name))
-        directory = self._service.store.directory(path)
-        if directory.exists() and not overwrite:
+        store = self._service.store
+        lifetime = store.lifetime(ttl_seconds)  # checked first: a bad TTL writes nothing
+        directory = store.directory(path)
+        if store.find(path) is not None and not overwrite:
             raise FileExistsError(f"checkpoint {path} exists; pass overwrite=True to replace it")
         staging = directory.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         staging.mkdir(parents=True)
@@ -186,10 +193,11 @@ class LocalTrainingClient:
             {
                 "kind": kind,
                 "base_model": self._base_model,
-                "model_dir": str(self._model_dir),
+                "model_dir": store.relative(self._model_dir),
                 "lora": self._spec.to_json() if self._spec is not None else None,
                 "user_metadata": user_metadata,
                 "ttl_seconds": ttl_seconds,
+                **lifetime,
             },
         )
         if directory.exists():
