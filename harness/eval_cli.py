@@ -37,6 +37,7 @@ from harness.config import (
 from harness.data import DatasetUnavailable, load_problems
 from harness.evaluation import (
     Question,
+    RewardFn,
     Sampling,
     estimates,
     evaluate,
@@ -45,6 +46,7 @@ from harness.evaluation import (
 )
 from harness.jsonl import read_json_lines, rewrite_json_lines
 from harness.logger import STEP_KEY, collect_with_progress
+from harness.plugins import check_reward, load_function
 from harness.rewards import make_reward_fn
 
 SAMPLES = "samples.jsonl"
@@ -59,6 +61,7 @@ FROM_RUN = (
     "use_r1_zero_format",
     "sampling_max_tokens",
     "seed",
+    "eval_reward_fn",
 )
 
 
@@ -101,6 +104,9 @@ class EvalConfig:
     """Max tokens per answer."""
     seed: int | None = None
     """The validation subset (with --eval_n), sampling seeds and bootstrap resamples."""
+    eval_reward_fn: str | None = None
+    """The reward to score with, module:function or PATH.py:function (default: the run's
+    validation reward, else the task's gsm8k_reward_fn)."""
     record_cassette: str | None = None
     """Record every client call to this JSONL file."""
     cassette: str | None = None
@@ -182,6 +188,20 @@ def targets(config: EvalConfig) -> list[Target]:
     return base + [Target(f"step_{r['step']:06d}", int(r["step"]), r["sampler_path"]) for r in rows]
 
 
+def validation_reward(
+    config: EvalConfig, test_problems: Sequence[Any]
+) -> tuple[dict[str, Any] | None, RewardFn, list[str]]:
+    """The reward the run validated with (--eval_reward_fn, probed on real ground truths as
+    the training script does before any paid call), else the task's; what a cassette's header
+    records of a plugged one; and the probe's warnings."""
+    if config.eval_reward_fn is None:
+        return None, make_reward_fn(config.use_r1_zero_format), []
+    plugged = load_function("--eval_reward_fn", config.eval_reward_fn)
+    truths = [p.ground_truth for p in test_problems[:4]]
+    warnings = check_reward(plugged, truths, config.use_r1_zero_format)
+    return {"eval_reward_fn": plugged.header()}, plugged.reward(), warnings
+
+
 def storage_dir(config: EvalConfig) -> Path | None:
     if config.storage_dir is not None:
         return Path(config.storage_dir)
@@ -200,9 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check(config)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
         chosen = targets(config)
+        plugged, reward_fn, warnings = validation_reward(config, test_problems)
     except (ConfigError, DatasetUnavailable) as e:
         errors.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
+    for warning in warnings:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
     indices = (
         validation_subset(len(test_problems), config.eval_n, config.seed)
         if config.eval_n is not None
@@ -218,10 +241,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     summaries: list[dict[str, Any]] = []
     try:
-        with open_service_client(config, os.environ, storage_dir=storage_dir(config)) as service:
+        with open_service_client(
+            config, os.environ, plugged=plugged, storage_dir=storage_dir(config)
+        ) as service:
             for target in chosen:
-                summaries.append(evaluate_target(config, service, target, questions, console))
-    except ConfigError as e:
+                summaries.append(
+                    evaluate_target(config, service, target, questions, reward_fn, console)
+                )
+    except ConfigError as e:  # a checkpoint not found; a plugged reward failing on real data
         errors.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
     except ReplayError as e:
@@ -242,6 +269,7 @@ def evaluate_target(
     service: Any,
     target: Target,
     questions: Sequence[Question],
+    reward_fn: RewardFn,
     console: Console,
 ) -> dict[str, Any]:
     """Sample, score and record one model; write its samples and summary; print the summary."""
@@ -258,7 +286,7 @@ def evaluate_target(
         client,
         client.get_tokenizer(),
         questions,
-        make_reward_fn(config.use_r1_zero_format),
+        reward_fn,
         config.use_r1_zero_format,
         sampling,
         collect=lambda futures, what: collect_with_progress(futures, what, console),

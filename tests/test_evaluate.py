@@ -100,6 +100,20 @@ def test_one_checkpoint_evaluates_from_the_storage_folder_it_lives_in(greedy_run
     assert summary["metrics"]["accuracy"]["value"] == validation_rows(greedy_run)[5]["val/accuracy"]
 
 
+def test_a_run_validated_with_a_plugged_reward_is_evaluated_with_it(tmp_path):
+    grader = REPO / "examples" / "cs336_student" / "cs336_alignment" / "drgrpo_grader.py"
+    run, out = tmp_path / "run", tmp_path / "evaluation"
+    plugged = f"--eval_reward_fn={grader}:boxed_reward_fn"
+    flags = ["--n_grpo_steps=1", "--rollout_batch_size=4", "--group_size=2", "--save_every=1"]
+    assert train_main([*flags, *TRAIN, plugged, f"--log_path={run}"]) == 0
+    assert main([f"--run={run}", "--eval_n=24", f"--log_path={out}"]) == 0  # the run's reward
+    for step, name in [(0, "base"), (1, "step_000001")]:
+        records = read_json_lines(out / name / "samples.jsonl")
+        assert records == read_json_lines(run / "eval" / f"step_{step:06d}.jsonl")
+        assert all(r["reward"] == r["answer_reward"] for r in records)  # not 0.2 f + 0.8 a
+    assert main([f"--run={run}", "--eval_reward_fn=no_such_module:f", "--log_path=x"]) == 2
+
+
 def test_sampled_validation_and_a_sampled_evaluation_draw_the_same_answers(tmp_path):
     run, out = tmp_path / "run", tmp_path / "evaluation"
     sampled = ["--eval_temperature=1.0", "--eval_num_samples=3"]
