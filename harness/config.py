@@ -70,6 +70,10 @@ class Config:
     """Folder with train.jsonl and test.jsonl (GSM8K rows); default: openai/gsm8k from the hub."""
     eval_n: int = 100
     """Number of test questions in the fixed validation subset."""
+    eval_temperature: float = 0.0
+    """Validation sampling temperature (0: greedy)."""
+    eval_num_samples: int = 1
+    """Validation answers per question (more than 1 needs --eval_temperature > 0)."""
     seed: int = 0
     """Seed for the data order, the validation subset, sampling and LoRA init."""
 
@@ -192,6 +196,7 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         "save_every",
         "eval_every",
         "eval_n",
+        "eval_num_samples",
     )
     for name in positive:
         if getattr(config, name) <= 0:
@@ -222,6 +227,7 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         )
     if not config.sampling_temperature >= 0:
         raise ConfigError(f"--sampling_temperature must be >= 0, got {config.sampling_temperature}")
+    check_eval_sampling(config.eval_num_samples, config.eval_temperature, prefix="eval_")
     if config.dataset_path is not None:
         if config.dataset != "gsm8k":
             raise ConfigError(
@@ -249,6 +255,17 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
             raise ConfigError(f"--cassette={config.cassette}: no such file")
         if config.record_cassette is not None:
             raise ConfigError("--record_cassette cannot record a replay; drop one of the two")
+
+
+def check_eval_sampling(num_samples: int, temperature: float, prefix: str) -> None:
+    """Several answers per question need a temperature: greedy ones would all be the same."""
+    if not temperature >= 0:
+        raise ConfigError(f"--{prefix}temperature must be >= 0, got {temperature}")
+    if num_samples > 1 and temperature == 0:
+        raise ConfigError(
+            f"--{prefix}num_samples={num_samples} at --{prefix}temperature=0 would draw "
+            f"{num_samples} identical greedy answers; set --{prefix}temperature > 0"
+        )
 
 
 def _check_dataset_folder(folder: Path) -> None:

@@ -64,20 +64,7 @@ class RunLogger:
         return path
 
     def collect(self, futures: Sequence[Any], description: str) -> list[Any]:
-        """Wait on futures in order, with a progress bar."""
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=self.console, transient=True) as progress:
-            task = progress.add_task(description, total=len(futures))
-            results = []
-            for future in futures:
-                results.append(future.result())
-                progress.advance(task)
-        return results
+        return collect_with_progress(futures, description, self.console)
 
     def close(self) -> None:
         if self._wandb_run is not None:
@@ -110,3 +97,22 @@ def _start_wandb(config: Config, log_path: Path) -> Any:
         dir=str(log_path),
         config=dataclasses.asdict(config),
     )
+
+
+def collect_with_progress(futures: Sequence[Any], description: str, console: Console) -> list[Any]:
+    """Wait on futures in order, with a progress bar on a terminal (elsewhere it would leave
+    an empty line in the log)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    shown = console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=not shown) as progress:
+        task = progress.add_task(description, total=len(futures))
+        results = []
+        for future in futures:
+            results.append(future.result())
+            progress.advance(task)
+    return results

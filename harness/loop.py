@@ -44,7 +44,14 @@ from harness.cost import (
 )
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
-from harness.evaluation import RewardFn, evaluate, validation_subset
+from harness.evaluation import (
+    Question,
+    RewardFn,
+    Sampling,
+    evaluate,
+    validation_metrics,
+    validation_subset,
+)
 from harness.grpo import compute_group_normalized_rewards, constant_groups
 from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
@@ -151,7 +158,7 @@ def train(
     release = checkpoint_release(service_client, waits)
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
-    val_problems = [test_problems[i] for i in val_indices]
+    val_questions = [(i, test_problems[i]) for i in val_indices]
 
     # `furthest`: steps done before any redo (their saves may exist); `failures`: per step.
     furthest, failures = step, collections.Counter[int]()
@@ -159,7 +166,7 @@ def train(
         try:
             if step == config.n_grpo_steps:
                 final_row, tokens = final_validation(
-                    config, training_client, tokenizer, val_problems, functions.eval_reward_fn,
+                    config, training_client, tokenizer, val_questions, functions.eval_reward_fn,
                     logger, waits,
                 )  # fmt: skip
                 break
@@ -169,7 +176,7 @@ def train(
             problems_P = [train_problems[i] for i in batch_indices]
             row, tokens = grpo_step(
                 step, config, training_client, tokenizer, problems_P, functions, logger, waits,
-                val_problems=val_problems if step % config.eval_every == 0 else None,
+                val_questions=val_questions if step % config.eval_every == 0 else None,
             )  # fmt: skip
             done, next_totals = step + 1, totals + tokens
             logger.log(row | usage_metrics(tokens, next_totals, price) | waits.faults.take())
@@ -301,7 +308,7 @@ def grpo_step(
     functions: StepFunctions,
     logger: RunLogger,
     waits: Waits,
-    val_problems: Sequence[Problem] | None,
+    val_questions: Sequence[Question] | None,
 ) -> tuple[dict[str, float], Tokens]:
     """The step's metrics, and the tokens of every request it made."""
     timer = Timer(TIME_KEYS)
@@ -312,10 +319,10 @@ def grpo_step(
             training_client.save_weights_and_get_sampling_client(),
             "save_weights_and_get_sampling_client",
         )
-    if val_problems is not None:
+    if val_questions is not None:
         with timer("time/validation"):
             val_metrics, tokens = validate(
-                step, config, sampling_client, tokenizer, val_problems,
+                step, config, sampling_client, tokenizer, val_questions,
                 functions.eval_reward_fn, logger, waits,
             )  # fmt: skip
             metrics |= val_metrics
@@ -495,26 +502,34 @@ def validate(
     config: Config,
     sampling_client: Any,
     tokenizer: Any,
-    problems: Sequence[Problem],
+    questions: Sequence[Question],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
     waits: Waits,
 ) -> tuple[dict[str, float], Tokens]:
-    """Greedy accuracy under the validation reward (the task's unless a flag plugs another),
-    whatever reward the training uses; and the tokens its requests read and generated."""
-    metrics, records = evaluate(
+    """Accuracy (greedy by default) under the validation reward (the task's unless a flag plugs
+    another), whatever reward the training uses; and the tokens its requests read and
+    generated."""
+    sampling = Sampling(
+        max_tokens=config.sampling_max_tokens,
+        num_samples=config.eval_num_samples,
+        temperature=config.eval_temperature,
+        seed=config.seed,
+        step=step,
+    )
+    records = evaluate(
         sampling_client,
         tokenizer,
-        problems,
+        questions,
         eval_reward_fn,
         config.use_r1_zero_format,
-        config.sampling_max_tokens,
+        sampling,
         collect=logger.collect,
         waits=waits,
     )
     logger.write_eval_samples(step, records)
-    return metrics, Tokens(
-        prefill=sum(r["prompt_tokens"] for r in records),
+    return validation_metrics(records), Tokens(
+        prefill=sum(r["prompt_tokens"] for r in records if r["sample"] == 0),  # one per request
         sampled=sum(r["response_tokens"] for r in records),
     )
 
@@ -523,7 +538,7 @@ def final_validation(
     config: Config,
     training_client: Any,
     tokenizer: Any,
-    problems: Sequence[Problem],
+    questions: Sequence[Question],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
     waits: Waits,
@@ -537,7 +552,7 @@ def final_validation(
         )
     with timer("time/validation"):
         metrics, tokens = validate(
-            config.n_grpo_steps, config, sampling_client, tokenizer, problems, eval_reward_fn,
+            config.n_grpo_steps, config, sampling_client, tokenizer, questions, eval_reward_fn,
             logger, waits,
         )  # fmt: skip
     row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}

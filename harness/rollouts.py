@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tinker
@@ -43,9 +43,16 @@ def stop_sequences(tokenizer: Any, use_r1_zero_format: bool) -> list[str] | None
     return ["</answer>", tokenizer.eos_token]
 
 
-def request_seed(run_seed: int, step: int, index: int) -> int:
+# Validation samples draw from a stream of their own, never repeating a rollout's draws.
+_SEED_STREAMS = {"rollout": (), "evaluation": (1,)}
+
+
+def request_seed(
+    run_seed: int, step: int, index: int, purpose: Literal["rollout", "evaluation"] = "rollout"
+) -> int:
     """A seed per request, so a resumed run samples exactly what the original would have."""
-    return int(np.random.SeedSequence([run_seed, step, index]).generate_state(1)[0] >> 1)
+    sequence = np.random.SeedSequence([run_seed, step, index], spawn_key=_SEED_STREAMS[purpose])
+    return int(sequence.generate_state(1)[0] >> 1)
 
 
 def sample_groups(

@@ -33,6 +33,7 @@ def test_every_flag_of_the_original_readme_has_its_default():
     for name, default in ORIGINAL_README_DEFAULTS.items():
         assert getattr(config, name) == default, name
     assert (config.backend, config.dataset_path, config.eval_n) == ("auto", None, 100)
+    assert (config.eval_temperature, config.eval_num_samples) == (0.0, 1)  # greedy validation
 
 
 def test_flags_parse_in_the_readme_style():
@@ -87,6 +88,9 @@ def test_a_good_local_config_passes(tiny_model_dir, gsm8k_dir):
         ({"cliprange": 0.0}, "--cliprange must lie in (0, 1)"),
         ({"learning_rate": 0.0}, "--learning_rate must be positive"),
         ({"sampling_temperature": -1.0}, "--sampling_temperature must be >= 0"),
+        ({"eval_temperature": -0.5}, "--eval_temperature must be >= 0"),
+        ({"eval_num_samples": 0}, "--eval_num_samples must be positive"),
+        ({"eval_num_samples": 4}, "--eval_num_samples=4 at --eval_temperature=0 would draw 4"),
         ({"dataset_path": "no/such/folder"}, "--dataset_path=no/such/folder: no such folder"),
         ({"model_name": "no/such-model-dir"}, "--model_name=no/such-model-dir: no such model"),
     ],

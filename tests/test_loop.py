@@ -91,8 +91,9 @@ def test_smoke_run_writes_every_metric_each_step(smoke_run):
     for row in step_rows:
         missing = [k for k in README_METRICS + EXTRA_METRICS if k not in row]
         assert not missing, (row["progress/grpo_step"], missing)
+    validation = {"val/accuracy", "val/accuracy_stderr", "val/format_accuracy"}
     for step in (0, 2, 4):
-        assert {"val/accuracy", "val/format_accuracy"} <= set(step_rows[step])
+        assert validation <= set(step_rows[step])
     assert "val/accuracy" not in step_rows[1]
     assert final_row["progress/grpo_step"] == 5 and final_row["progress/done_frac"] == 1.0
     assert 0.0 <= final_row["val/accuracy"] <= 1.0

@@ -13,9 +13,9 @@ import socket
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from harness.config import Config, ConfigError, resolve_backend
+from harness.config import ConfigError, resolve_backend
 
 
 def check_reachable(base_url: str | None, timeout_s: float = 5.0) -> None:
@@ -34,19 +34,36 @@ def check_reachable(base_url: str | None, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+class BackendConfig(Protocol):
+    """What choosing a backend reads: the training Config has it, so does the evaluation's."""
+
+    backend: str
+    base_url: str | None
+    model_name: str
+    seed: int
+    log_path: str
+    record_cassette: str | None
+    cassette: str | None
+    replay_realtime: bool
+
+
 @contextlib.contextmanager
 def open_service_client(
-    config: Config,
+    config: BackendConfig,
     environ: Mapping[str, str],
     reward_fn: Callable[..., Any] | None = None,
     plugged: Mapping[str, Any] | None = None,
+    storage_dir: Path | None = None,
 ) -> Iterator[Any]:
     """The run's service client, recording to --record_cassette when asked (with the name of
     `reward_fn`, a reward replacing the task's, and `plugged`, what identifies the functions the
-    flags plugged in); whatever the backend started (a local server) stops when the block ends."""
+    flags plugged in); whatever the backend started (a local server) stops when the block ends.
+    The local backends keep `tinker://` checkpoints in `storage_dir`, by default the run's own
+    `{log_path}/tinker-storage`, so rerunning the command finds them."""
     backend = resolve_backend(config, environ)
+    storage_dir = storage_dir or Path(config.log_path) / "tinker-storage"
     with contextlib.ExitStack() as stack:
-        service = stack.enter_context(_backend_service(backend, config))
+        service = stack.enter_context(_backend_service(backend, config, storage_dir))
         if config.record_cassette is not None:
             from harness.backends.record import RecordingServiceClient, reward_name
 
@@ -71,9 +88,7 @@ def scores_hook(service_client: Any) -> Callable[[int, Any, Any], None] | None:
 
 
 @contextlib.contextmanager
-def _backend_service(backend: str, config: Config) -> Iterator[Any]:
-    # Checkpoints of the local backends live with the run, so rerunning the command finds them.
-    storage_dir = Path(config.log_path) / "tinker-storage"
+def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> Iterator[Any]:
     if backend == "tinker":
         import tinker
 
