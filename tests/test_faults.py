@@ -12,7 +12,6 @@ from harness.backends.local import LocalServiceClient
 from harness.backends.local.training import saved_optimizer_steps
 from harness.checkpoints import last_checkpoint, resume_points
 from harness.cli import main, parse_config
-from harness.data import load_gsm8k
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
 from harness.loop import train
@@ -56,8 +55,8 @@ def optimizer_steps(log_path: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def problems(gsm8k_dir):
-    return load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
+def problems(gsm8k_problems):
+    return gsm8k_problems
 
 
 def run(log_path, problems, tiny_model_dir, gsm8k_dir, plan=None, *flags):

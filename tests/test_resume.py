@@ -13,24 +13,16 @@ from rich.console import Console
 from harness.checkpoints import RunStateError, checkpoints, index_path
 from harness.cli import check_resumed_config, main, parse_config
 from harness.config import Config, config_changes
-from harness.data import load_gsm8k
 from harness.jsonl import append_json_line, read_json_lines
 from harness.logger import RunLogger
-from tests.support.scripted_backend import scripted_run
+from tests.support.scripted_backend import SCRIPTED_FLAGS, scripted_run
 
-FLAGS = [
-    "--rollout_batch_size=3",
-    "--group_size=4",
-    "--save_every=2",
-    "--eval_every=2",
-    "--eval_n=2",
-    "--sampling_max_tokens=8",
-]
+FLAGS = [*SCRIPTED_FLAGS, "--group_size=4"]
 
 
 @pytest.fixture(scope="module")
-def problems(gsm8k_dir):
-    return load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
+def problems(gsm8k_problems):
+    return gsm8k_problems
 
 
 @pytest.fixture

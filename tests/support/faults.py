@@ -27,6 +27,20 @@ def failed(category: str = "server") -> AwaitableConcurrentFuture:
     return AwaitableConcurrentFuture(future)
 
 
+def mapped(future: Any, fn: Any) -> AwaitableConcurrentFuture:
+    """A future of `fn(result)`, failing as `future` fails."""
+    out: Future = Future()
+
+    def done(inner: Future) -> None:
+        if inner.exception() is not None:
+            out.set_exception(inner.exception())
+        else:
+            out.set_result(fn(inner.result()))
+
+    future.future().add_done_callback(done)
+    return AwaitableConcurrentFuture(out)
+
+
 class Faults:
     def __init__(self, plan: Plan):
         self.plan = plan
@@ -79,15 +93,7 @@ class FaultyTraining(_Wrapped):
 
     def save_weights_and_get_sampling_client(self, *args, **kwargs):
         future = self._call("save_weights_and_get_sampling_client", *args, **kwargs)
-        sampler: Future = Future()
-        future.future().add_done_callback(
-            lambda done: (
-                sampler.set_exception(done.exception())
-                if done.exception() is not None
-                else sampler.set_result(FaultySampler(done.result(), self._faults))
-            )
-        )
-        return AwaitableConcurrentFuture(sampler)
+        return mapped(future, lambda sampler: FaultySampler(sampler, self._faults))
 
 
 class Faulty(_Wrapped):
@@ -101,15 +107,7 @@ class Faulty(_Wrapped):
         return self._faults
 
     def _training(self, future) -> AwaitableConcurrentFuture:
-        wrapped: Future = Future()
-        future.future().add_done_callback(
-            lambda done: (
-                wrapped.set_exception(done.exception())
-                if done.exception() is not None
-                else wrapped.set_result(FaultyTraining(done.result(), self._faults))
-            )
-        )
-        return AwaitableConcurrentFuture(wrapped)
+        return mapped(future, lambda client: FaultyTraining(client, self._faults))
 
     def create_lora_training_client(self, *args, **kwargs):
         return self._training(self._inner.create_lora_training_client(*args, **kwargs))
