@@ -33,14 +33,23 @@ def response_arrays(sequence: tinker.SampledSequence) -> tuple[np.ndarray, np.nd
     return tokens_S, logprobs_S
 
 
+# The end of a document in Qwen's vocabulary: a base model ends a completion with it, and a
+# chat model's generation config stops on it besides its end of turn (`<|im_end|>`, its EOS).
+DOCUMENT_END = "<|endoftext|>"
+
+
 def stop_sequences(tokenizer: Any, use_r1_zero_format: bool) -> list[str] | None:
     """R1-Zero responses end at `</answer>`; both formats end at the end-of-sequence token.
 
-    An explicit stop list replaces Tinker's implicit EOS stop, so it names EOS too.
+    An explicit stop list replaces Tinker's implicit EOS stop, so it names EOS too, and the
+    end of a document where the vocabulary has one apart from EOS.
     """
     if not use_r1_zero_format:
         return None
-    return ["</answer>", tokenizer.eos_token]
+    ends = [tokenizer.eos_token]
+    if tokenizer.eos_token != DOCUMENT_END and DOCUMENT_END in tokenizer.get_added_vocab():
+        ends.append(DOCUMENT_END)
+    return ["</answer>", *ends]
 
 
 # Validation samples draw from a stream of their own, never repeating a rollout's draws.

@@ -101,10 +101,11 @@ def test_the_boxed_prompt_holds_no_added_token(tokenizer, questions):
 
 
 def test_stop_sequences_of_a_hybrid_and_a_base_model(tokenizer):
-    # Qwen3-8B (hybrid) ends a turn with <|im_end|>; Qwen3-8B-Base's tokenizer names
-    # <|endoftext|> as EOS. The stop list carries each as a string, which is one token.
+    # Qwen3-8B (hybrid) ends a turn with <|im_end|> and its generation config also stops on
+    # <|endoftext|>; Qwen3-8B-Base's tokenizer names <|endoftext|> as EOS. The stop list
+    # carries each as a string, which is one token.
     hybrid = stop_sequences(tokenizer, use_r1_zero_format=True)
-    assert hybrid == ["</answer>", "<|im_end|>"]
+    assert hybrid == ["</answer>", "<|im_end|>", "<|endoftext|>"]
     base_tokenizer = AutoTokenizer.from_pretrained(QWEN3_TOKENIZER_DIR, eos_token="<|endoftext|>")
     assert stop_sequences(base_tokenizer, use_r1_zero_format=True) == ["</answer>", "<|endoftext|>"]
     assert tokenizer.encode("<|im_end|>") == [IM_END]
