@@ -55,9 +55,12 @@ def is_transient(error: BaseException) -> bool:
 
 
 def describe(error: BaseException) -> str:
-    """An error in one line."""
+    """An error in one line; a 404 for something the run made says what it most likely means."""
     text = " ".join(str(error).split()) or "no message"
-    return f"{type(error).__name__}: {text[:200]}"
+    hint = ""
+    if isinstance(error, tinker.NotFoundError) or "Error code: 404" in text:
+        hint = " (the service no longer knows this run's session: did the server restart?)"
+    return f"{type(error).__name__}: {text[:200]}{hint}"
 
 
 class FaultLog:

@@ -15,7 +15,7 @@ from harness.cli import main, parse_config
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
 from harness.loop import train
-from harness.resilience import RunFailed
+from harness.resilience import RunFailed, describe
 from tests.support.faults import Faulty, failed
 from tests.support.varied_reward_run import varied_reward
 
@@ -192,3 +192,10 @@ def test_a_full_disk_is_one_line_leaves_no_staging_files_and_a_rerun_resumes(
     assert main(flags, reward_fn=varied_reward) == 0
     assert without_faults(read_json_lines(tmp_path / "metrics.jsonl")) == undisturbed
     assert optimizer_steps(tmp_path) == 4
+
+
+def test_a_404_for_what_the_run_made_says_the_server_may_have_restarted():
+    lost = ValueError("Error retrieving result: Error code: 404 - {'detail': 'request unknown'}")
+    assert describe(lost).endswith("(the service no longer knows this run's session: did the"
+                                   " server restart?)")  # fmt: skip
+    assert "restart" not in describe(ValueError("prompt is empty"))
