@@ -77,6 +77,10 @@ class FutureStore:
             await asyncio.wait([asyncio.wrap_future(future)], timeout=self.hold_s)
         return future.result() if future.done() else None
 
+    async def finished(self, request_id: str) -> None:
+        """Wait until `request_id` has settled."""
+        await asyncio.wrap_future(self._futures[request_id])
+
     def close(self, failure: Failure) -> None:
         """Fail every pending request with `failure`, and every request opened from now on."""
         self._closed = failure
