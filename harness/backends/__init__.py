@@ -56,6 +56,11 @@ def scores_hook(service_client: Any) -> Callable[[int, Any, Any], None] | None:
 def _backend_service(backend: str, config: Config) -> Iterator[Any]:
     # Checkpoints of the local backends live with the run, so rerunning the command finds them.
     storage_dir = Path(config.log_path) / "tinker-storage"
+    weather = None
+    if config.weather is not None:
+        from harness.weather import load_weather
+
+        weather = load_weather(config.weather)
     if backend == "tinker":
         import tinker
 
@@ -64,12 +69,16 @@ def _backend_service(backend: str, config: Config) -> Iterator[Any]:
     elif backend == "local":
         from harness.backends.local import LocalServiceClient
 
-        yield LocalServiceClient(storage_dir=storage_dir, seed=config.seed)
+        yield LocalServiceClient(storage_dir=storage_dir, seed=config.seed, weather=weather)
     elif backend == "local-server":
         from harness.backends.local_server import local_server_service_client
 
         with local_server_service_client(
-            config.model_name, storage_dir, seed=config.seed, base_url=config.base_url
+            config.model_name,
+            storage_dir,
+            seed=config.seed,
+            base_url=config.base_url,
+            weather=weather,
         ) as service:
             yield service
     elif backend == "replay":
