@@ -10,23 +10,17 @@ import pytest
 from harness.cli import main
 from harness.config import RESUMABLE_CHANGES, Config, ConfigError, validate
 from harness.jsonl import read_json_lines
+from scripts.record_golden_cassettes import SMOKE as GOLDEN_SMOKE
 from tests.support.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
 
 REPO = Path(__file__).resolve().parent.parent
 TINKER_LIKE = REPO / "fixtures" / "weather" / "tinker-like.toml"
-# The golden cassette's run (scripts/record_golden_cassettes.py), whose metrics are committed.
+# The golden cassette's run, whose metrics are committed.
 GOLDEN_FLAGS = [
     f"--model_name={REPO / 'fixtures' / 'tiny-qwen3'}",
     f"--dataset_path={REPO / 'fixtures' / 'gsm8k'}",
-    "--n_grpo_steps=4",
-    "--rollout_batch_size=8",
-    "--group_size=2",
-    "--save_every=2",
-    "--eval_every=2",
-    "--sampling_max_tokens=16",
-    "--eval_n=4",
-    "--learning_rate=1e-3",
+    *GOLDEN_SMOKE,
 ]
 
 

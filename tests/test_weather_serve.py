@@ -72,8 +72,9 @@ def applied_once(server, trainer, calm_gradients) -> bool:
         {"error": "disconnect"},
         {"error": "status", "status": 500, "when": "after"},
         {"error": "disconnect", "when": "after"},
+        {"error": "status", "status": 500, "when": "after", "count": 2},
     ],
-    ids=["503-before", "408-before", "drop-before", "500-after", "drop-after"],
+    ids=["503-before", "408-before", "drop-before", "500-after", "drop-after", "500-after-x2"],
 )
 def test_the_sdk_retries_http_faults_and_the_step_is_applied_once(tmp_path, fault, calm_gradients):
     weather = stormy({"call": "forward_backward", "at": 1, **fault})
@@ -83,8 +84,9 @@ def test_the_sdk_retries_http_faults_and_the_step_is_applied_once(tmp_path, faul
         output = trainer.forward_backward(batch(1), "ppo").result(TIMEOUT_S)
         assert output.metrics["loss:sum"] != 0
         schedule = server.state.weather.schedule
-        assert [f.n for f in schedule.fired] == [1]  # the fault struck the first arrival
-        assert schedule.counts["forward_backward"] == 2  # ... and the SDK sent it again
+        count = fault.get("count", 1)
+        assert [f.n for f in schedule.fired] == list(range(1, count + 1))  # the first arrivals
+        assert schedule.counts["forward_backward"] == count + 1  # ... and the SDK sent it again
         assert applied_once(server, trainer, calm_gradients)  # not skipped, not doubled
         client.close("success").result(timeout=TIMEOUT_S)
 

@@ -260,6 +260,7 @@ class ServerState:
         session = self._session(session_id)
         model_id = f"{session_id}:train:{model_seq_id}"
         if model_seq_id in session.model_seq_ids:  # a resend of a request already taken
+            self._follow_weather(session.model_seq_ids[model_seq_id], fired)
             return session.model_seq_ids[model_seq_id], model_id
         request_id = self.futures.open()
         session.model_seq_ids[model_seq_id] = request_id
@@ -383,6 +384,7 @@ class ServerState:
             raise HttpError(400, "a training request needs a model_id and an integer seq_id")
         model = self.model(model_id)
         if (existing := model.queue.request_id(seq_id)) is not None:
+            self._follow_weather(existing, fired)  # a fault on a resend strikes what it resends
             return existing, model_id
         request_id = self.futures.open()
         self._follow_weather(request_id, fired)

@@ -157,6 +157,7 @@ class LocalWeather:
         self._slots = SampleSlots(weather.latency.max_concurrent_samples)
         self._waiting: dict[object, Callable[[float], None]] = {}
         self._slots_lock = threading.Lock()
+        self._timeline_lock = threading.Lock()
 
     def close(self) -> None:
         self._delayer.close()
@@ -174,7 +175,9 @@ class LocalWeather:
     ) -> APIFuture[T]:
         """`submit()` (a call on a training client's queue), answered when `timeline` says."""
         fired = self.schedule.next(call)
-        return self._answer(fired, submit, timeline.queue(self._now(), save=call in SAVES))
+        with self._timeline_lock:
+            finish = timeline.queue(self._now(), save=call in SAVES)
+        return self._answer(fired, submit, finish)
 
     def service(
         self, call: Call | None, submit: Callable[[], APIFuture[T]], load: bool
