@@ -308,6 +308,13 @@ class Fired:
     fault: Fault
 
 
+def describe(fired: Fired, source: str) -> str:
+    """How messages name a fault: `weather stormy.toml: failed after the 3rd forward_backward`."""
+    n = fired.n
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"weather {source}: {fired.fault.error} {fired.fault.when} the {n}{suffix} {fired.call}"
+
+
 class FaultSchedule:
     """Counts calls per kind and says which fault, if any, strikes each (the first matching
     one in profile order). Thread-safe; `fired` lists every fault it dealt."""

@@ -101,7 +101,7 @@ def test_a_failed_future_after_applying_reaches_the_caller_with_its_gradients(
         with pytest.raises(tinker.RequestFailedError) as caught:
             trainer.forward_backward(batch(1), "ppo").result(TIMEOUT_S)
         assert caught.value.category == types.RequestErrorCategory.Server
-        assert "forward_backward #1" in str(caught.value)
+        assert "failed after the 1st forward_backward" in str(caught.value)
         assert applied_once(server, trainer, calm_gradients)  # applied, and not retried
         client.close("success").result(timeout=TIMEOUT_S)
 
@@ -240,4 +240,4 @@ def test_a_drop_breaks_the_answer_off_and_a_status_answers_it(tmp_path):
             httpx.post(url, headers=headers, json=body)
         answer = httpx.post(url, headers=headers, json=body)
         assert answer.status_code == 503
-        assert "status before create_model #2" in answer.json()["detail"]
+        assert "status before the 2nd create_model" in answer.json()["detail"]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from harness.weather import FaultSchedule, Fired, Weather
+from harness.weather import FaultSchedule, Fired, Weather, describe
 
 from .futures import Failure, Outcome
 from .state import JSON, HttpError
@@ -149,5 +149,4 @@ class ServerWeather:
             raise ConnectionDropped(self._what(fired))
 
     def _what(self, fired: Fired) -> str:
-        fault = fired.fault
-        return f"weather {self.weather.source}: {fault.error} {fault.when} {fired.call} #{fired.n}"
+        return describe(fired, self.weather.source)

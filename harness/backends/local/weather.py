@@ -33,6 +33,7 @@ from harness.weather import (
     SampleSlots,
     TrainingTimeline,
     Weather,
+    describe,
     sampling_service_s,
 )
 
@@ -103,7 +104,7 @@ def _request(call: Call) -> httpx.Request:
 def sdk_error(fired: Fired, source: str) -> BaseException:
     """The error the SDK hands its caller for this fault, once its retries are spent."""
     fault, call = fired.fault, fired.call
-    what = f"weather {source}: {fault.error} {fault.when} the {_ordinal(fired.n)} {call}"
+    what = describe(fired, source)
     if fault.error in ("status", "disconnect") and call == "sample":
         return tinker.APIConnectionError(
             request=_request(call),
@@ -131,11 +132,6 @@ def sdk_error(fired: Fired, source: str) -> BaseException:
             f"Promise expired/broken for request local-{call}-{fired.n} ({what})"
         )
     raise AssertionError(f"no in-process error for {fault.error}")
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def _copy(source: Future, target: Future) -> None:
