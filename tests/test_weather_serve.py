@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from tinker.lib.retryable_exception import RetryableException
 
 from harness.backends.local import LocalServiceClient
 from harness.serve import Limits
+from harness.serve.__main__ import main as serve_main
 from harness.serve.weather import DIED_EXIT_CODE
 from harness.weather import parse_weather
 from tests.support.serve import KEY, MODEL, REPO, sdk_client, serving
@@ -177,6 +179,32 @@ def test_a_hung_sample_is_polled_forever_while_the_next_answers(tmp_path):
         with pytest.raises(TimeoutError):
             hung.result(timeout=1.0)  # five try_again polls of 0.2 s, and still waiting
         client.close("success").result(timeout=TIMEOUT_S)
+
+
+def test_a_stopping_server_fails_a_hung_request_at_once(tmp_path):
+    weather = stormy({"call": "sample", "error": "hang", "when": "after", "at": 1})
+    with serving(tmp_path / "storage", Limits(hold_s=30), weather=weather) as server:
+        client = sdk_client(server)
+        sampler = client.create_sampling_client(base_model=MODEL).result(TIMEOUT_S)
+        hung = sampler.sample(PROMPT, 1, PARAMS)
+        with pytest.raises(TimeoutError):
+            hung.result(timeout=1.0)  # its poll is held for up to 30 s
+        stopping = time.monotonic()
+        server.stop()
+        assert time.monotonic() - stopping < 10  # not the poll's 30 s
+        with pytest.raises(tinker.RequestFailedError, match="stopped"):
+            hung.result(timeout=TIMEOUT_S)
+
+
+def test_a_bad_profile_stops_the_server_in_one_line(tmp_path, capsys):
+    profile = tmp_path / "bad.toml"
+    profile.write_text('[[faults]]\ncall = "sample"\nerror = "hang"\n')
+    assert serve_main([f"--model={MODEL}", f"--weather={profile}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error == f"error: {profile}: faults[0]: give exactly one of 'at' (the n-th call) and"
+        " 'rate' (per call)"
+    )
 
 
 def test_a_checkpoint_expires_through_the_server(tmp_path):

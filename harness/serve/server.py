@@ -108,7 +108,7 @@ class LocalTinkerServer:
         limits = limits or Limits()
         faults = None
         if weather is not None and weather.faults:
-            faults = ServerWeather(weather, limits.hold_s, on_die)
+            faults = ServerWeather(weather, on_die)
             logging.getLogger("uvicorn.error").addFilter(QUIET_DROPS)
         self.state = ServerState(service, served, limits, weather=faults)
         self._socket = _listening_socket(host, port)

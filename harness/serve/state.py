@@ -553,7 +553,7 @@ class ServerState:
     async def retrieved(self, request_id: str, outcome: Outcome | None) -> Outcome | None:
         if self.weather is None:
             return outcome
-        return await self.weather.retrieved(request_id, outcome)
+        return await self.weather.retrieved(request_id, outcome, self.futures.hold)
 
     def _saved(self, fired: Fired | None) -> Callable[[Any], Outcome]:
         """A save's result as it goes back; a `checkpoint_expired` fault first lets the

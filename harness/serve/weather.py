@@ -13,11 +13,10 @@ withheld: `failed` fails it with category `server`, `hang` answers `try_again` t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -91,10 +90,9 @@ def die() -> None:
 class ServerWeather:
     """The fault schedule of one server and the faults it dealt to requests in flight."""
 
-    def __init__(self, weather: Weather, hold_s: float, on_die: Callable[[], None] = die):
+    def __init__(self, weather: Weather, on_die: Callable[[], None] = die):
         self.weather = weather
         self.schedule = FaultSchedule(weather.faults, weather.seed)
-        self.hold_s = hold_s
         self.on_die = on_die
         self._after: dict[str, Fired] = {}
         self._withheld: dict[str, Fired] = {}
@@ -116,7 +114,7 @@ class ServerWeather:
         elif fired.fault.error in _WITHHELD:
             self._withheld[request_id] = fired
 
-    async def answered(self, request_id: str, finished: Callable[[], asyncio.Future]) -> None:
+    async def answered(self, request_id: str, finished: Callable[[], Awaitable[None]]) -> None:
         """Before the POST of `request_id` answers: an `after` fault with an HTTP effect
         waits until the request has finished (`finished()`), then strikes."""
         fired = self._after.pop(request_id, None)
@@ -124,15 +122,22 @@ class ServerWeather:
             await finished()
             self._strike(fired)
 
-    async def retrieved(self, request_id: str, outcome: Outcome | None) -> Outcome | None:
-        """What a poll of `request_id` answers, given its real `outcome` (None: pending)."""
+    async def retrieved(
+        self,
+        request_id: str,
+        outcome: Outcome | None,
+        hold: Callable[[], Awaitable[Failure | None]],
+    ) -> Outcome | None:
+        """What a poll of `request_id` answers, given its real `outcome` (None: pending);
+        `hold()` holds a poll as a pending one is held (returning the server's failure if it
+        stopped meanwhile)."""
         fired = self._withheld.get(request_id)
         if fired is None:
             return outcome
         if fired.fault.error == "hang":
-            if outcome is not None:  # the poll would answer at once: hold it as a pending one
-                await asyncio.sleep(self.hold_s)
-            return None
+            # A poll that would answer at once is held as a pending one; a stopping server
+            # fails it as it fails everything in flight.
+            return await hold() if outcome is not None else None
         if outcome is None:
             return None
         if fired.fault.error == "expired":
