@@ -269,3 +269,21 @@ def test_a_drop_breaks_the_answer_off_and_a_status_answers_it(tmp_path):
         answer = httpx.post(url, headers=headers, json=body)
         assert answer.status_code == 503
         assert "status before the 2nd create_model" in answer.json()["detail"]
+
+
+def test_the_servers_backend_keeps_the_profiles_clock(tmp_path):
+    cycle, save = 0.4, 0.3
+    weather = parse_weather({"latency": {"cycle_s": cycle * 100, "save_s": save * 100},
+                             "time_scale": 0.01}, "test.toml")  # fmt: skip
+    with session(tmp_path, weather) as server:
+        client = sdk_client(server)
+        trainer = trainer_on(client)
+        submitted = time.monotonic()
+        fwd_bwd, optim = trainer.forward_backward(batch(1), "ppo"), trainer.optim_step(ADAM)
+        fwd_bwd.result(TIMEOUT_S)
+        assert time.monotonic() - submitted >= cycle - 0.05  # it waited for a cycle to end
+        optim.result(TIMEOUT_S)
+        saving = time.monotonic()
+        trainer.save_state("timed").result(TIMEOUT_S)
+        assert time.monotonic() - saving >= save - 0.05
+        client.close("success").result(timeout=TIMEOUT_S)
