@@ -1,16 +1,22 @@
 """Checkpoints and resume: an append-only index of (step, training state, sampler weights, cursor).
 
 `step` counts completed GRPO steps, so resuming from a checkpoint of step k runs step k next.
+Besides the periodic checkpoints (`index.jsonl`), rolling saves (`rolling.jsonl`: training
+state only, short-lived, the previous one released) bound what a fault makes the run redo.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import tinker
 
+from harness.config import MIN_TTL_S
+from harness.cost import Tokens
 from harness.data import BatchCursor
 from harness.jsonl import append_json_line, numbered_json_lines
 
@@ -32,34 +38,101 @@ class Checkpoint:
     cursor: BatchCursor
     seed: int
     """All randomness of the run derives from this seed and the step, so it is the RNG state."""
+    tokens: Tokens = dataclasses.field(default_factory=Tokens)
+    """The run's token totals after `step` steps, so a resumed run counts on from them."""
 
 
 def index_path(log_path: str | Path) -> Path:
     return Path(log_path) / "checkpoints" / "index.jsonl"
 
 
+def rolling_index_path(log_path: str | Path) -> Path:
+    return Path(log_path) / "checkpoints" / "rolling.jsonl"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
 def save_checkpoint(
-    training_client: Any, log_path: str | Path, step: int, cursor: BatchCursor, seed: int
+    training_client: Any,
+    log_path: str | Path,
+    step: int,
+    cursor: BatchCursor,
+    seed: int,
+    tokens: Tokens,
+    *,
+    wait: Callable[[Any, str], Any] = lambda future, name: future.result(),
+    ttl_seconds: int | None = None,
+    overwrite: bool = False,
 ) -> Checkpoint:
-    """Save state and sampler weights (both submitted before waiting), then record them."""
-    name = f"step_{step:06d}"
-    state_future = training_client.save_state(name)
-    sampler_future = training_client.save_weights_for_sampler(name)
+    """Save state and sampler weights (both submitted before waiting), then record them.
+    `wait(future, name)` waits for a result; `overwrite` replaces a save of the same step
+    (when a step is redone, its first save may have been applied)."""
+    name = checkpoint_name(step)
+    state_future = training_client.save_state(
+        name, **_save_options(ttl_seconds), **({"overwrite": True} if overwrite else {})
+    )
+    sampler_future = training_client.save_weights_for_sampler(name, **_save_options(ttl_seconds))
     checkpoint = Checkpoint(
         step=step,
-        state_path=state_future.result().path,
-        sampler_path=sampler_future.result().path,
+        state_path=wait(state_future, f"save_state({name})").path,
+        sampler_path=wait(sampler_future, f"save_weights_for_sampler({name})").path,
         cursor=cursor,
         seed=seed,
+        tokens=tokens,
     )
     append_json_line(index_path(log_path), dataclasses.asdict(checkpoint))
     return checkpoint
 
 
+def save_rolling(
+    training_client: Any,
+    log_path: str | Path,
+    step: int,
+    cursor: BatchCursor,
+    seed: int,
+    tokens: Tokens,
+    *,
+    wait: Callable[[Any, str], Any] = lambda future, name: future.result(),
+    release: Callable[[str], None] | None = None,
+) -> Checkpoint:
+    """Save the training state alone as the rolling resume point of `step`, short-lived (the
+    service's minimum lifetime: long enough to resume a run that died), then `release` the
+    one it replaces (storage is billed; a release that fails is left to the TTL)."""
+    previous = _entries(rolling_index_path(log_path))[-1:]
+    name = f"rolling_{step:06d}"
+    future = training_client.save_state(name, ttl_seconds=MIN_TTL_S, overwrite=True)
+    path = wait(future, f"save_state({name})").path
+    checkpoint = Checkpoint(
+        step=step, state_path=path, sampler_path="", cursor=cursor, seed=seed, tokens=tokens
+    )
+    append_json_line(rolling_index_path(log_path), dataclasses.asdict(checkpoint))
+    if release is not None and previous and previous[0].state_path != path:
+        with contextlib.suppress(Exception):
+            release(previous[0].state_path)
+    return checkpoint
+
+
+def _save_options(ttl_seconds: int | None) -> dict[str, int]:
+    # Left out when unset, so a run without --ttl_seconds sends what it always sent.
+    return {} if ttl_seconds is None else {"ttl_seconds": ttl_seconds}
+
+
 def checkpoints(log_path: str | Path) -> list[Checkpoint]:
     """The entries of the index, oldest first. A line a kill cut short is skipped; an entry
     that reads as JSON but lacks a field is an error naming its line."""
-    path = index_path(log_path)
+    return _entries(index_path(log_path))
+
+
+def resume_points(log_path: str | Path) -> list[Checkpoint]:
+    """Every saved state a run can resume from, oldest first: the periodic checkpoints and
+    the newest rolling save (each released the one before it), after a checkpoint of its step."""
+    rolling, periodic = _entries(rolling_index_path(log_path))[-1:], checkpoints(log_path)
+    return sorted([*rolling, *periodic], key=lambda c: c.step)
+
+
+def _entries(path: Path) -> list[Checkpoint]:
     entries = []
     for number, row in numbered_json_lines(path):
         missing = [name for name in FIELDS if not isinstance(row, dict) or name not in row]
@@ -96,4 +169,6 @@ def _from_row(row: dict) -> Checkpoint:
         sampler_path=str(row["sampler_path"]),
         cursor=BatchCursor(**row["cursor"]),
         seed=int(row["seed"]),
+        # An index written before token accounting counts from its resume point on.
+        tokens=Tokens(**row.get("tokens", {})),
     )

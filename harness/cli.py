@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import tyro
 from rich.console import Console
 
-from harness.backends import open_service_client, scores_hook
+from harness.backends import check_reachable, open_service_client, scores_hook
+from harness.backends.cassette import CassetteError
 from harness.backends.replay import ReplayError, recorded_header, recorded_reward_fn
 from harness.checkpoints import RunStateError, checkpoints
 from harness.config import (
@@ -27,7 +29,9 @@ from harness.config import (
     resolve_backend,
     validate,
 )
+from harness.cost import Price, PriceTableError, load_price_table
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
+from harness.estimate import EstimateError, format_plan, load_tokenizer, plan_run
 from harness.evaluation import RewardFn
 from harness.jsonl import write_atomically
 from harness.logger import RunLogger
@@ -39,6 +43,7 @@ from harness.plugins import (
     load_run_functions,
     preflight,
 )
+from harness.resilience import RunFailed
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -54,9 +59,14 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         validate(config)
         if reward_fn is None and config.backend == "replay":
             reward_fn = recorded_reward_fn(config.cassette)
+        prices = load_price_table(config.price_table)
         train_problems = load_problems(config.dataset, "train", config.dataset_path)
         test_problems = load_problems(config.dataset, "test", config.dataset_path)
+        if config.estimate_cost:
+            return print_estimate(config, train_problems, test_problems, prices)
         check_resumed_config(config, console)
+        if resolve_backend(config, os.environ) == "tinker":
+            check_reachable(config.base_url)
         functions = load_run_functions(config)
         # Before any client exists: a plugged function that cannot run costs nothing.
         warnings = preflight(functions, config, first_ground_truths(config, train_problems))
@@ -64,7 +74,14 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
             warnings += changed_since_recording(
                 functions, recorded_header(config.cassette).get("plugged") or {}
             )
-    except (ConfigError, DatasetUnavailable, RunStateError) as e:
+    except (
+        ConfigError,
+        DatasetUnavailable,
+        RunStateError,
+        PriceTableError,
+        EstimateError,
+        CassetteError,
+    ) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
     for warning in warnings:
@@ -91,6 +108,7 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
             result = train(
                 config, service_client, train_problems, test_problems, logger,
                 functions.training_reward() or reward_fn,
+                prices=prices,
                 eval_reward_fn=functions.validation_reward(),
                 advantages_fn=functions.advantages(),
                 on_scores=scores_hook(service_client),
@@ -101,9 +119,25 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     except PluginError as e:  # a plugged function that passed the probe fails on real data
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 1
-    except RunStateError as e:
+    except RunFailed as e:
+        console.print(
+            f"[bold red]error:[/] the run stopped: {e}\n  its state is saved: rerun the same"
+            f" command to resume from {Path(config.log_path) / 'checkpoints'}",
+            highlight=False,
+        )
+        return 1
+    except (RunStateError, CassetteError) as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        console.print(
+            f"[bold red]error:[/] no space left writing {e.filename or 'the run folder'}; free"
+            " space and rerun the same command to resume",
+            highlight=False,
+        )
+        return 1
     except KeyboardInterrupt:
         console.print(
             "interrupted: rerun the same command to resume from the last checkpoint in "
@@ -156,6 +190,19 @@ def describe_functions(functions: RunFunctions, reward_fn: RewardFn | None) -> s
     return f"  reward/* from {training}; val/* from {validation}; advantages from {advantages}"
 
 
+def print_estimate(
+    config: Config,
+    train_problems: Sequence[Problem],
+    test_problems: Sequence[Problem],
+    prices: Mapping[str, Price],
+) -> int:
+    """`--estimate_cost`: the plan on stdout, and no client of any service is made."""
+    tokenizer, note = load_tokenizer(config.model_name)
+    plan = plan_run(config, tokenizer, train_problems, test_problems)
+    print(format_plan(config, plan, note, prices.get(config.model_name)))
+    return 0
+
+
 def check_resumed_config(config: Config, console: Console) -> None:
     """Resuming a run with another value of a flag that changes what a step means is refused
     (ConfigError) with every such difference; the flags that may change are noted."""
@@ -200,9 +247,15 @@ def print_summary(config: Config, result: RunResult, seconds: float, console: Co
     log_path = Path(config.log_path)
     resumed = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
     final = result.final_metrics
+    cost = f", ${final['cost/total_usd']:,.2f}" if "cost/total_usd" in final else ""
+    faults = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(result.faults.items()))
     console.print(
         f"done: {result.steps_run} steps in {seconds:.1f} s{resumed}; final validation accuracy "
         f"{final['val/accuracy']:.3f}, format accuracy {final['val/format_accuracy']:.3f}\n"
+        f"  tokens:      {final['tokens/prefill_total']:,.0f} prefill, "
+        f"{final['tokens/sampled_total']:,.0f} sampled, {final['tokens/trained_total']:,.0f} "
+        f"trained (the whole run{cost})\n"
+        f"  faults:      {faults or 'none'} (recovered in process)\n"
         f"  metrics:     {log_path / 'metrics.jsonl'}\n"
         f"  checkpoints: {log_path / 'checkpoints' / 'index.jsonl'}\n"
         f"  validation:  {log_path / 'eval'}/",

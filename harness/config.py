@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import Literal
 
 Backend = Literal["auto", "tinker", "local", "local-server", "replay"]
 Dataset = Literal["gsm8k", "arith"]
+
+
+# Tinker refuses a shorter checkpoint lifetime.
+MIN_TTL_S = 3600
 
 
 class ConfigError(ValueError):
@@ -65,6 +70,10 @@ class Config:
     """Folder with train.jsonl and test.jsonl (GSM8K rows); default: openai/gsm8k from the hub."""
     eval_n: int = 100
     """Number of test questions in the fixed validation subset."""
+    eval_temperature: float = 0.0
+    """Validation sampling temperature (0: greedy)."""
+    eval_num_samples: int = 1
+    """Validation answers per question (more than 1 needs --eval_temperature > 0)."""
     seed: int = 0
     """Seed for the data order, the validation subset, sampling and LoRA init."""
 
@@ -92,6 +101,32 @@ class Config:
     task's gsm8k_reward_fn. ground_truth is the final answer, e.g. '72'."""
     eval_reward_fn: str | None = None
     """Validation reward (val/*), same form; default: the task's, whatever --reward_fn says."""
+
+    # Tokens and cost.
+    price_table: str | None = None
+    """TOML price table (USD per million tokens per model) replacing the shipped one."""
+    estimate_cost: bool = False
+    """Print the run's requests, tokens and cost, then exit: no training or sampling call."""
+    assumed_response_tokens: int | None = None
+    """With --estimate_cost: mean response length to expect (default: GSM8K's reference
+    solutions' mean, measured with the model's tokenizer)."""
+
+    # Faults and recovery.
+    request_timeout_s: float = 1800.0
+    """Longest wait for a request's answer before it counts as hung. Generous: on the cloud a
+    training request waits for its clock cycle behind other users' work, and a full rollout
+    batch samples for minutes; the SDK itself gives up only after hours without progress."""
+    request_attempts: int = 5
+    """Sends of a failing sampling request, and tries of a step whose training failed, before
+    the run stops (its state saved; rerun to resume)."""
+    retry_backoff_s: float = 2.0
+    """Wait before the first resend, doubled for each next one (at most 60 s)."""
+    rolling_save_every: int = 5
+    """Also save the training state alone every N steps (1-hour TTL, the previous one
+    released), so a training fault redoes at most N-1 steps; 0: periodic checkpoints only."""
+    ttl_seconds: int | None = None
+    """Lifetime of the periodic checkpoints on the service (>= 3600, its minimum; None: they
+    never expire, and their storage is billed). The final checkpoint is always kept."""
 
     # Recording and replay.
     record_cassette: str | None = None
@@ -124,6 +159,11 @@ RESUMABLE_CHANGES = frozenset(
         "replay_realtime",
         "backend",
         "base_url",
+        "request_timeout_s",
+        "request_attempts",
+        "retry_backoff_s",
+        "rolling_save_every",
+        "ttl_seconds",
         "weather",
     }
 )
@@ -163,6 +203,7 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         "save_every",
         "eval_every",
         "eval_n",
+        "eval_num_samples",
     )
     for name in positive:
         if getattr(config, name) <= 0:
@@ -178,14 +219,34 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         raise ConfigError(f"--cliprange must lie in (0, 1), got {config.cliprange}")
     if not config.advantage_eps >= 0:
         raise ConfigError(f"--advantage_eps must be >= 0, got {config.advantage_eps}")
+    if not config.request_timeout_s > 0:
+        raise ConfigError(f"--request_timeout_s must be positive, got {config.request_timeout_s}")
+    if config.request_attempts < 1:
+        raise ConfigError(f"--request_attempts must be >= 1, got {config.request_attempts}")
+    if not config.retry_backoff_s >= 0:
+        raise ConfigError(f"--retry_backoff_s must be >= 0, got {config.retry_backoff_s}")
+    if config.rolling_save_every < 0:
+        raise ConfigError(f"--rolling_save_every must be >= 0, got {config.rolling_save_every}")
+    if config.ttl_seconds is not None and config.ttl_seconds < MIN_TTL_S:
+        raise ConfigError(
+            f"--ttl_seconds={config.ttl_seconds}: the Tinker service keeps checkpoints at least"
+            f" {MIN_TTL_S} s (one hour); pass >= {MIN_TTL_S}, or leave it unset to keep them"
+        )
     if not config.sampling_temperature >= 0:
         raise ConfigError(f"--sampling_temperature must be >= 0, got {config.sampling_temperature}")
+    check_eval_sampling(config.eval_num_samples, config.eval_temperature, prefix="eval_")
     if config.dataset_path is not None:
         if config.dataset != "gsm8k":
             raise ConfigError(
                 f"--dataset_path is for --dataset=gsm8k, not --dataset={config.dataset}"
             )
         _check_dataset_folder(Path(config.dataset_path))
+    if config.assumed_response_tokens is not None and config.assumed_response_tokens <= 0:
+        raise ConfigError(
+            f"--assumed_response_tokens must be positive, got {config.assumed_response_tokens}"
+        )
+    if config.estimate_cost:
+        return  # no service is reached, so neither a key nor a local model is needed
     backend = resolve_backend(config, environ)
     if backend == "tinker" and not environ.get("TINKER_API_KEY"):
         raise ConfigError(
@@ -203,6 +264,17 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
             raise ConfigError(f"--cassette={config.cassette}: no such file")
         if config.record_cassette is not None:
             raise ConfigError("--record_cassette cannot record a replay; drop one of the two")
+
+
+def check_eval_sampling(num_samples: int, temperature: float, prefix: str) -> None:
+    """Several answers per question need a temperature: greedy ones would all be the same."""
+    if not temperature >= 0:
+        raise ConfigError(f"--{prefix}temperature must be >= 0, got {temperature}")
+    if num_samples > 1 and temperature == 0:
+        raise ConfigError(
+            f"--{prefix}num_samples={num_samples} at --{prefix}temperature=0 would draw "
+            f"{num_samples} identical greedy answers; set --{prefix}temperature > 0"
+        )
 
 
 def _check_weather(config: Config, backend: str) -> None:
@@ -234,11 +306,7 @@ def _check_dataset_folder(folder: Path) -> None:
 
 def _check_local_model(model_name: str) -> None:
     if Path(model_name).is_dir():
-        if not (Path(model_name) / "config.json").is_file():
-            raise ConfigError(
-                f"--model_name={model_name}: the folder has no config.json "
-                "(not a Hugging Face model directory)"
-            )
+        _check_model_folder(Path(model_name), f"--model_name={model_name}")
         return
     if not _in_hub_cache(model_name):
         raise ConfigError(
@@ -246,6 +314,30 @@ def _check_local_model(model_name: str) -> None:
             "cache (the hub is unreachable offline); pass a local model directory such as "
             "--model_name=fixtures/tiny-qwen3, or use --backend=tinker"
         )
+
+
+# What transformers loads weights from: safetensors (maybe sharded) or PyTorch's format.
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+
+
+def _check_model_folder(folder: Path, flag: str) -> None:
+    """A Hugging Face model folder the local backend can load, or a one-line ConfigError
+    (transformers would fail later, with a long traceback)."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(
+            f"{flag}: the folder has no config.json (not a Hugging Face model directory)"
+        )
+    try:
+        model_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{flag}: {config_file} is not valid JSON ({e})") from None
+    if not isinstance(model_config, dict) or "model_type" not in model_config:
+        raise ConfigError(
+            f"{flag}: {config_file} has no model_type (not a Hugging Face model config)"
+        )
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise ConfigError(f"{flag}: the folder holds no weights ({' or '.join(WEIGHT_FILES)})")
 
 
 def _in_hub_cache(model_name: str) -> bool:

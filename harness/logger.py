@@ -12,7 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.config import Config
-from harness.jsonl import append_json_line, read_json_lines, rewrite_json_lines
+from harness.jsonl import (
+    append_json_line,
+    read_json_lines,
+    rewrite_json_lines,
+    unreadable_lines,
+)
 
 STEP_KEY = "progress/grpo_step"
 
@@ -28,8 +33,19 @@ class RunLogger:
         self._wandb_run = _start_wandb(config, self.log_path) if config.wandb_project else None
 
     def drop_rows_from(self, step: int) -> None:
-        """Forget rows of steps >= `step`: a resumed run logs them again."""
+        """Forget rows of steps >= `step`: a resumed run logs them again. A line that does not
+        read as JSON is not thrown away with them but kept aside, and said."""
         if self.metrics_path.exists():
+            unreadable = unreadable_lines(self.metrics_path)
+            if unreadable:
+                aside = self.metrics_path.with_name("metrics.unreadable.txt")
+                with aside.open("a", encoding="utf-8") as f:
+                    f.writelines(text + "\n" for _, text in unreadable)
+                numbers = ", ".join(str(number) for number, _ in unreadable)
+                self.warn(
+                    f"{self.metrics_path}: line {numbers} does not read as JSON (cut short by a"
+                    f" kill?); kept in {aside}"
+                )
             rows = read_json_lines(self.metrics_path)
             rewrite_json_lines(self.metrics_path, [row for row in rows if row[STEP_KEY] < step])
 
@@ -48,20 +64,7 @@ class RunLogger:
         return path
 
     def collect(self, futures: Sequence[Any], description: str) -> list[Any]:
-        """Wait on futures in order, with a progress bar."""
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=self.console, transient=True) as progress:
-            task = progress.add_task(description, total=len(futures))
-            results = []
-            for future in futures:
-                results.append(future.result())
-                progress.advance(task)
-        return results
+        return collect_with_progress(futures, description, self.console)
 
     def close(self) -> None:
         if self._wandb_run is not None:
@@ -94,3 +97,22 @@ def _start_wandb(config: Config, log_path: Path) -> Any:
         dir=str(log_path),
         config=dataclasses.asdict(config),
     )
+
+
+def collect_with_progress(futures: Sequence[Any], description: str, console: Console) -> list[Any]:
+    """Wait on futures in order, with a progress bar on a terminal (elsewhere it would leave
+    an empty line in the log)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    shown = console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=not shown) as progress:
+        task = progress.add_task(description, total=len(futures))
+        results = []
+        for future in futures:
+            results.append(future.result())
+            progress.advance(task)
+    return results

@@ -14,8 +14,11 @@ The loop never knows which backend it talks to: the service client is injected.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,20 +27,37 @@ import torch
 
 from harness.checkpoints import (
     RunStateError,
-    checkpoints,
     index_path,
+    resume_points,
     save_checkpoint,
+    save_rolling,
     unloadable,
 )
 from harness.config import Config
+from harness.cost import (
+    Price,
+    Tokens,
+    load_price_table,
+    sampling_tokens,
+    training_tokens,
+    usage_metrics,
+)
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
-from harness.evaluation import RewardFn, evaluate, validation_subset
+from harness.evaluation import (
+    Question,
+    RewardFn,
+    Sampling,
+    evaluate,
+    validation_metrics,
+    validation_subset,
+)
 from harness.grpo import compute_group_normalized_rewards, constant_groups
 from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
 from harness.plugins import AdvantagesFn, checked_advantages
 from harness.prompts import format_prompt
+from harness.resilience import FaultLog, RetryPolicy, RunFailed, TrainingFault, Waits
 from harness.rewards import make_reward_fn
 from harness.rollouts import (
     encode_prompts,
@@ -77,6 +97,8 @@ class RunResult:
     steps_run: int
     resumed_from: int
     final_metrics: dict[str, float]
+    faults: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Faults met and recovered from in process, by kind (`faults/*` in the metrics rows)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +123,7 @@ def train(
     logger: RunLogger,
     reward_fn: RewardFn | None = None,
     *,
+    prices: Mapping[str, Price] | None = None,
     eval_reward_fn: RewardFn | None = None,
     advantages_fn: AdvantagesFn = compute_group_normalized_rewards,
     on_scores: ScoresHook | None = None,
@@ -110,6 +133,7 @@ def train(
     `reward_fn` scores training rollouts and `eval_reward_fn` validation (each the task's
     reward by default); `advantages_fn` has `compute_group_normalized_rewards`'s signature;
     `on_scores(step, rewards_P_G, advantages_P_G)` sees each step's (a recording keeps them).
+    `prices` defaults to `--price_table` (or the shipped table); tokens are counted either way.
     """
     functions = StepFunctions(
         reward_fn=reward_fn or make_reward_fn(config.use_r1_zero_format),
@@ -117,53 +141,150 @@ def train(
         advantages_fn=advantages_fn,
         on_scores=on_scores,
     )
-    training_client, start_step, cursor = start_or_resume(service_client, config, logger)
+    price = (load_price_table(config.price_table) if prices is None else prices).get(
+        config.model_name
+    )
+    if price is None:
+        logger.warn(
+            f"no price for {config.model_name} in the price table: logging tokens, not dollars "
+            "(--price_table=FILE adds one)"
+        )
+    waits = Waits(
+        RetryPolicy(config.request_timeout_s, config.request_attempts, config.retry_backoff_s),
+        FaultLog(logger.warn),
+    )
+    training_client, step, cursor, totals = start_or_resume(service_client, config, logger, waits)
+    start_step = step
+    release = checkpoint_release(service_client, waits)
     tokenizer = training_client.get_tokenizer()
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
-    val_problems = [test_problems[i] for i in val_indices]
+    val_questions = [(i, test_problems[i]) for i in val_indices]
 
-    for step in range(start_step, config.n_grpo_steps):
-        batch_indices, cursor = next_batch(
-            cursor, len(train_problems), config.rollout_batch_size, config.seed
-        )
-        problems_P = [train_problems[i] for i in batch_indices]
-        row = grpo_step(
-            step, config, training_client, tokenizer, problems_P, functions, logger,
-            val_problems=val_problems if step % config.eval_every == 0 else None,
-        )  # fmt: skip
-        logger.log(row)
-        done = step + 1
-        if done % config.save_every == 0 or done == config.n_grpo_steps:
-            save_checkpoint(training_client, config.log_path, done, cursor, config.seed)
+    # `furthest`: steps done before any redo (their saves may exist); `failures`: per step.
+    furthest, failures = step, collections.Counter[int]()
+    while True:
+        try:
+            if step == config.n_grpo_steps:
+                final_row, tokens = final_validation(
+                    config, training_client, tokenizer, val_questions, functions.eval_reward_fn,
+                    logger, waits,
+                )  # fmt: skip
+                break
+            batch_indices, next_cursor = next_batch(
+                cursor, len(train_problems), config.rollout_batch_size, config.seed
+            )
+            problems_P = [train_problems[i] for i in batch_indices]
+            row, tokens = grpo_step(
+                step, config, training_client, tokenizer, problems_P, functions, logger, waits,
+                val_questions=val_questions if step % config.eval_every == 0 else None,
+            )  # fmt: skip
+            done, next_totals = step + 1, totals + tokens
+            logger.log(row | usage_metrics(tokens, next_totals, price) | waits.faults.take())
+            save(training_client, config, done, next_cursor, next_totals, waits, furthest, release)
+        except TrainingFault as fault:
+            failures[step] += 1
+            if failures[step] >= config.request_attempts:
+                raise RunFailed(
+                    f"step {step}: {fault}, {failures[step]} times (--request_attempts)",
+                    during_training=True,
+                ) from fault
+            waits.faults.record(
+                "training_redos", f"step {step}: {fault}; redoing from the last saved state"
+            )
+            training_client, step, cursor, totals = start_or_resume(
+                service_client, config, logger, waits
+            )
+            continue
+        except RunFailed as failure:
+            if not failure.during_training:  # the weights are those after `step` steps
+                with contextlib.suppress(RunFailed, TrainingFault):
+                    save_rolling(training_client, config.log_path, step, cursor, config.seed,
+                                 totals, wait=waits.training)  # fmt: skip
+            raise
+        furthest = max(furthest, done)
+        step, cursor, totals = done, next_cursor, next_totals
 
-    final_row = final_validation(
-        config, training_client, tokenizer, val_problems, functions.eval_reward_fn, logger
-    )
+    totals += tokens
+    final_row |= usage_metrics(tokens, totals, price) | waits.faults.take()
     logger.log(final_row)
     return RunResult(
-        steps_run=config.n_grpo_steps - start_step, resumed_from=start_step, final_metrics=final_row
+        steps_run=config.n_grpo_steps - start_step,
+        resumed_from=start_step,
+        final_metrics=final_row,
+        faults=dict(waits.faults.total),
+    )
+
+
+def save(
+    training_client: Any,
+    config: Config,
+    done: int,
+    cursor: BatchCursor,
+    totals: Tokens,
+    waits: Waits,
+    furthest: int,
+    release: Callable[[str], None] | None,
+) -> None:
+    """After `done` steps: a checkpoint every `save_every` and at the end (kept for good), else
+    a rolling save every `rolling_save_every`. A save of a redone step replaces its first."""
+    if done % config.save_every == 0 or done == config.n_grpo_steps:
+        ttl_seconds = None if done == config.n_grpo_steps else config.ttl_seconds
+        save_checkpoint(
+            training_client, config.log_path, done, cursor, config.seed, totals,
+            wait=waits.training, ttl_seconds=ttl_seconds, overwrite=done <= furthest,
+        )  # fmt: skip
+    elif config.rolling_save_every and done % config.rolling_save_every == 0:
+        save_rolling(
+            training_client, config.log_path, done, cursor, config.seed, totals,
+            wait=waits.training, release=release,
+        )  # fmt: skip
+
+
+def checkpoint_release(service_client: Any, waits: Waits) -> Callable[[str], None] | None:
+    """Deletes a checkpoint by its tinker path through the SDK's REST client (the cloud, the
+    local server); None for the in-process backends and recorded runs, whose clients have no
+    REST surface to record: their rolling saves are left to the one-hour TTL."""
+    if not isinstance(service_client, tinker.ServiceClient):
+        return None
+    with warnings.catch_warnings():
+        # Deprecated in favour of tinker.RestClient(base_url, api_key), which the loop cannot
+        # build: the service client alone knows them (a local server makes its own key).
+        warnings.simplefilter("ignore", FutureWarning)
+        rest_client = service_client.create_rest_client()
+    return lambda path: waits.training(
+        rest_client.delete_checkpoint_from_tinker_path(path), f"deleting {path}"
     )
 
 
 def start_or_resume(
-    service_client: Any, config: Config, logger: RunLogger
-) -> tuple[Any, int, BatchCursor]:
-    """A fresh LoRA training client, or the newest checkpoint that still loads, with its
-    optimizer. Rows logged after that checkpoint are dropped only once it has loaded."""
-    saved = checkpoints(config.log_path)
+    service_client: Any, config: Config, logger: RunLogger, waits: Waits
+) -> tuple[Any, int, BatchCursor, Tokens]:
+    """A fresh LoRA training client, or the newest saved state (checkpoint or rolling save)
+    that still loads, with its optimizer (and the step, data cursor and token totals to go on
+    from). Rows logged after that state are dropped only once it has loaded."""
+    saved = resume_points(config.log_path)
     if not saved:
         logger.drop_rows_from(0)
-        training_client = service_client.create_lora_training_client(
-            base_model=config.model_name, rank=config.lora_rank, seed=config.seed
+        training_client = waits.resendable(
+            lambda: service_client.create_lora_training_client(
+                base_model=config.model_name, rank=config.lora_rank, seed=config.seed
+            ),
+            "create_lora_training_client",
+            "service_resends",
         ).result()
-        return training_client, 0, BatchCursor()
+        return training_client, 0, BatchCursor(), Tokens()
     for checkpoint in reversed(saved):
         try:
-            training_client = service_client.create_training_client_from_state_with_optimizer(
-                checkpoint.state_path
+            training_client = waits.resendable(
+                lambda path=checkpoint.state_path: (
+                    service_client.create_training_client_from_state_with_optimizer(path)
+                ),
+                f"loading {checkpoint.state_path}",
+                "service_resends",
             ).result()
-        except Exception as error:
-            if not unloadable(error):
+        except RunFailed as failure:
+            error = failure.__cause__
+            if error is None or not unloadable(error):
                 raise
             logger.warn(
                 f"the checkpoint of step {checkpoint.step} ({checkpoint.state_path}) does not"
@@ -171,10 +292,10 @@ def start_or_resume(
             )
             continue
         logger.drop_rows_from(checkpoint.step)
-        return training_client, checkpoint.step, checkpoint.cursor
+        return training_client, checkpoint.step, checkpoint.cursor, checkpoint.tokens
     raise RunStateError(
-        f"none of the {len(saved)} checkpoints in {index_path(config.log_path)} loads (expired"
-        " or deleted); move that folder's checkpoints/ away to start the run over"
+        f"none of the {len(saved)} saved states in {index_path(config.log_path).parent} loads"
+        " (expired or deleted); move that folder away to start the run over"
     )
 
 
@@ -186,18 +307,25 @@ def grpo_step(
     problems_P: Sequence[Problem],
     functions: StepFunctions,
     logger: RunLogger,
-    val_problems: Sequence[Problem] | None,
-) -> dict[str, float]:
+    waits: Waits,
+    val_questions: Sequence[Question] | None,
+) -> tuple[dict[str, float], Tokens]:
+    """The step's metrics, and the tokens of every request it made."""
     timer = Timer(TIME_KEYS)
     metrics: dict[str, float] = {}
+    tokens = Tokens()
     with timer("time/save_weights"):
-        sampling_client = training_client.save_weights_and_get_sampling_client().result()
-    if val_problems is not None:
+        sampling_client = waits.training(
+            training_client.save_weights_and_get_sampling_client(),
+            "save_weights_and_get_sampling_client",
+        )
+    if val_questions is not None:
         with timer("time/validation"):
-            metrics |= validate(
-                step, config, sampling_client, tokenizer, val_problems,
-                functions.eval_reward_fn, logger,
+            val_metrics, tokens = validate(
+                step, config, sampling_client, tokenizer, val_questions,
+                functions.eval_reward_fn, logger, waits,
             )  # fmt: skip
+            metrics |= val_metrics
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
@@ -209,7 +337,9 @@ def grpo_step(
             config.group_size,
             rollout_params(config, tokenizer, step, len(problems_P)),
             collect=logger.collect,
+            waits=waits,
         )
+    tokens += sampling_tokens(prompt_tokens_P, responses_P)
     with timer("time/compute_rewards"):
         scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
     with timer("time/build_data"):
@@ -226,7 +356,8 @@ def grpo_step(
     trained = None
     if datums_D:
         with timer("time/training"):
-            trained = train_on(training_client, datums_D, config)
+            trained = train_on(training_client, datums_D, config, waits)
+        tokens += training_tokens(datums_D)
     else:
         logger.warn(f"step {step}: no group had reward variance; training skipped")
 
@@ -244,7 +375,7 @@ def grpo_step(
     }
     if trained is not None:
         metrics |= training_metrics(*trained, scored, origins_D, advantages_P_G, config.cliprange)
-    return metrics
+    return metrics, tokens
 
 
 def rollout_params(
@@ -322,7 +453,7 @@ def group_advantages(
 
 
 def train_on(
-    training_client: Any, datums_D: list[tinker.Datum], config: Config
+    training_client: Any, datums_D: list[tinker.Datum], config: Config, waits: Waits
 ) -> tuple[tinker.ForwardBackwardOutput, tinker.OptimStepResponse]:
     """forward_backward (ppo) then optim_step, both submitted before waiting on either."""
     fb_future = training_client.forward_backward(
@@ -334,7 +465,10 @@ def train_on(
         },
     )
     optim_future = training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate))
-    return fb_future.result(), optim_future.result()
+    return (
+        waits.training(fb_future, "forward_backward"),
+        waits.training(optim_future, "optim_step"),
+    )
 
 
 def training_metrics(
@@ -368,45 +502,58 @@ def validate(
     config: Config,
     sampling_client: Any,
     tokenizer: Any,
-    problems: Sequence[Problem],
+    questions: Sequence[Question],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
-) -> dict[str, float]:
-    """Greedy accuracy under the validation reward (the task's unless a flag plugs another),
-    whatever reward the training uses."""
-    metrics, records = evaluate(
+    waits: Waits,
+) -> tuple[dict[str, float], Tokens]:
+    """Accuracy (greedy by default) under the validation reward (the task's unless a flag plugs
+    another), whatever reward the training uses; and the tokens its requests read and
+    generated."""
+    sampling = Sampling(
+        max_tokens=config.sampling_max_tokens,
+        num_samples=config.eval_num_samples,
+        temperature=config.eval_temperature,
+        seed=config.seed,
+        step=step,
+    )
+    records = evaluate(
         sampling_client,
         tokenizer,
-        problems,
+        questions,
         eval_reward_fn,
         config.use_r1_zero_format,
-        config.sampling_max_tokens,
+        sampling,
         collect=logger.collect,
+        waits=waits,
     )
     logger.write_eval_samples(step, records)
-    return metrics
+    return validation_metrics(records), Tokens(
+        prefill=sum(r["prompt_tokens"] for r in records if r["sample"] == 0),  # one per request
+        sampled=sum(r["response_tokens"] for r in records),
+    )
 
 
 def final_validation(
     config: Config,
     training_client: Any,
     tokenizer: Any,
-    problems: Sequence[Problem],
+    questions: Sequence[Question],
     eval_reward_fn: RewardFn,
     logger: RunLogger,
-) -> dict[str, float]:
+    waits: Waits,
+) -> tuple[dict[str, float], Tokens]:
     """Validation of the final weights, logged as the row of step `n_grpo_steps`."""
     timer = Timer(("time/save_weights", "time/validation"))
     with timer("time/save_weights"):
-        sampling_client = training_client.save_weights_and_get_sampling_client().result()
+        sampling_client = waits.training(
+            training_client.save_weights_and_get_sampling_client(),
+            "save_weights_and_get_sampling_client",
+        )
     with timer("time/validation"):
-        metrics = validate(
-            config.n_grpo_steps, config, sampling_client, tokenizer, problems, eval_reward_fn,
-            logger,
+        metrics, tokens = validate(
+            config.n_grpo_steps, config, sampling_client, tokenizer, questions, eval_reward_fn,
+            logger, waits,
         )  # fmt: skip
-    return {
-        STEP_KEY: float(config.n_grpo_steps),
-        "progress/done_frac": 1.0,
-        **metrics,
-        **timer.totals(),
-    }
+    row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}
+    return row | timer.totals(), tokens

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tinker
+
+from harness.resilience import Waits
 
 # Waits on futures in order; the loop passes one that draws a progress bar.
 Collect = Callable[[Sequence[Any], str], list[Any]]
@@ -31,19 +33,35 @@ def response_arrays(sequence: tinker.SampledSequence) -> tuple[np.ndarray, np.nd
     return tokens_S, logprobs_S
 
 
+# The end of a document in Qwen's vocabulary: a base model ends a completion with it, and a
+# chat model's generation config stops on it besides its end of turn (`<|im_end|>`, its EOS).
+DOCUMENT_END = "<|endoftext|>"
+
+
 def stop_sequences(tokenizer: Any, use_r1_zero_format: bool) -> list[str] | None:
     """R1-Zero responses end at `</answer>`; both formats end at the end-of-sequence token.
 
-    An explicit stop list replaces Tinker's implicit EOS stop, so it names EOS too.
+    An explicit stop list replaces Tinker's implicit EOS stop, so it names EOS too, and the
+    end of a document where the vocabulary has one apart from EOS.
     """
     if not use_r1_zero_format:
         return None
-    return ["</answer>", tokenizer.eos_token]
+    ends = [tokenizer.eos_token]
+    if tokenizer.eos_token != DOCUMENT_END and DOCUMENT_END in tokenizer.get_added_vocab():
+        ends.append(DOCUMENT_END)
+    return ["</answer>", *ends]
 
 
-def request_seed(run_seed: int, step: int, index: int) -> int:
+# Validation samples draw from a stream of their own, never repeating a rollout's draws.
+_SEED_STREAMS = {"rollout": (), "evaluation": (1,)}
+
+
+def request_seed(
+    run_seed: int, step: int, index: int, purpose: Literal["rollout", "evaluation"] = "rollout"
+) -> int:
     """A seed per request, so a resumed run samples exactly what the original would have."""
-    return int(np.random.SeedSequence([run_seed, step, index]).generate_state(1)[0] >> 1)
+    sequence = np.random.SeedSequence([run_seed, step, index], spawn_key=_SEED_STREAMS[purpose])
+    return int(sequence.generate_state(1)[0] >> 1)
 
 
 def sample_groups(
@@ -53,10 +71,21 @@ def sample_groups(
     params_P: Sequence[tinker.SamplingParams],
     collect: Collect = collect_quietly,
     description: str = "sampling",
+    waits: Waits | None = None,
 ) -> list[tinker.SampleResponse]:
-    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait."""
-    futures_P = [
-        sampling_client.sample(prompt=prompt, num_samples=group_size, sampling_params=params)
-        for prompt, params in zip(prompts_P, params_P, strict=True)
+    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait;
+    with `waits`, each under its deadline and sent again, unchanged, when it fails."""
+
+    def sender(prompt: tinker.ModelInput, params: tinker.SamplingParams) -> Callable[[], Any]:
+        return lambda: sampling_client.sample(
+            prompt=prompt, num_samples=group_size, sampling_params=params
+        )
+
+    senders_P = [sender(p, params) for p, params in zip(prompts_P, params_P, strict=True)]
+    if waits is None:
+        return collect([send() for send in senders_P], description)
+    requests_P = [
+        waits.resendable(send, f"{description} request {i}", "sampling_resends")
+        for i, send in enumerate(senders_P)
     ]
-    return collect(futures_P, description)
+    return collect(requests_P, description)

@@ -43,7 +43,7 @@ from harness.backends.local import LocalServiceClient
 from harness.backends.local.models import LoraSpec, lora_config
 from harness.config import Config
 from harness.data import Problem, load_problems
-from harness.evaluation import evaluate, validation_subset
+from harness.evaluation import Question, Sampling, evaluate, validation_metrics, validation_subset
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
 from harness.loop import train
@@ -147,20 +147,20 @@ def run_ours(
 
 
 def greedy_accuracy(
-    model_dir: Path, problems: list[Problem], max_tokens: int, store: Path
+    model_dir: Path, questions: list[Question], max_tokens: int, store: Path
 ) -> float:
     """The harness's validation of a plain model directory (the same code path as the loop's)."""
     with LocalServiceClient(store) as service:
         sampler = service.create_sampling_client(base_model=str(model_dir)).result()
-        metrics, _ = evaluate(
+        records = evaluate(
             sampler,
             sampler.get_tokenizer(),
-            problems,
+            questions,
             make_reward_fn(False),
             False,
-            max_tokens,
+            Sampling(max_tokens=max_tokens),
         )
-    return metrics["val/accuracy"]
+    return validation_metrics(records)["val/accuracy"]
 
 
 def trl_trainer_class() -> type:
@@ -200,7 +200,7 @@ def gsm8k_reward(completions: list[str], answer: list[str], **_: Any) -> list[fl
 
 
 def run_trl(
-    args: Args, seed: int, workdir: Path, train_set: list[Problem], val_problems: list[Problem]
+    args: Args, seed: int, workdir: Path, train_set: list[Problem], val_questions: list[Question]
 ) -> Result:
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -269,8 +269,8 @@ def run_trl(
         training_s=float((step_s - sampling_s).mean()),
         total_s=float(step_s.mean()),
         sampled_tokens=float(np.mean(trainer.sampled_tokens[1:])),
-        accuracy_before=greedy_accuracy(args.model, val_problems, args.max_tokens, store),
-        accuracy_after=greedy_accuracy(merged_dir, val_problems, args.max_tokens, store),
+        accuracy_before=greedy_accuracy(args.model, val_questions, args.max_tokens, store),
+        accuracy_after=greedy_accuracy(merged_dir, val_questions, args.max_tokens, store),
     )
 
 
@@ -317,11 +317,13 @@ def main(args: Args) -> None:
     test_set = load_problems("arith", "test")
     ours, trl = [], []
     for seed in args.seeds:
-        val_problems = [test_set[i] for i in validation_subset(len(test_set), args.eval_n, seed)]
+        val_questions = [
+            (i, test_set[i]) for i in validation_subset(len(test_set), args.eval_n, seed)
+        ]
         workdir = Path(tempfile.mkdtemp(prefix="bench-vs-trl-"))
         try:
             ours.append(run_ours(args, seed, workdir, train_set, test_set))
-            trl.append(run_trl(args, seed, workdir, train_set, val_problems))
+            trl.append(run_trl(args, seed, workdir, train_set, val_questions))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     print(table(ours, trl, args))

@@ -33,7 +33,7 @@ import tyro
 
 from harness.backends.local import LocalServiceClient
 from harness.data import BatchCursor, Problem, load_problems, next_batch
-from harness.evaluation import evaluate, validation_subset
+from harness.evaluation import Sampling, evaluate, validation_metrics, validation_subset
 from harness.prompts import format_prompt
 from harness.rewards import make_reward_fn
 
@@ -161,7 +161,7 @@ def main(args: Args) -> None:
     start = time.perf_counter()
     train = load_problems("arith", "train")
     test = load_problems("arith", "test")
-    val_problems = [test[i] for i in validation_subset(len(test), args.eval_n, args.seed)]
+    val_questions = [(i, test[i]) for i in validation_subset(len(test), args.eval_n, args.seed)]
     reward_fn = make_reward_fn(args.use_r1_zero_format)
     with tempfile.TemporaryDirectory() as scratch:
         base_dir = Path(scratch) / "base"
@@ -188,13 +188,15 @@ def main(args: Args) -> None:
             if step % args.eval_every:
                 continue
             sampler = training_client.save_weights_and_get_sampling_client().result()
-            metrics, _ = evaluate(
-                sampler,
-                tokenizer,
-                val_problems,
-                reward_fn,
-                args.use_r1_zero_format,
-                args.max_tokens,
+            metrics = validation_metrics(
+                evaluate(
+                    sampler,
+                    tokenizer,
+                    val_questions,
+                    reward_fn,
+                    args.use_r1_zero_format,
+                    Sampling(max_tokens=args.max_tokens),
+                )
             )
             accuracy = metrics["val/accuracy"]
             print(

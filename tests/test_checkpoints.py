@@ -1,6 +1,8 @@
+import json
 from types import SimpleNamespace
 
 from harness.checkpoints import index_path, last_checkpoint, save_checkpoint
+from harness.cost import Tokens
 from harness.data import BatchCursor
 from harness.jsonl import append_json_line, read_json_lines
 
@@ -9,7 +11,7 @@ class FakeFuture:
     def __init__(self, value):
         self.value = value
 
-    def result(self):
+    def result(self, timeout=None):
         return self.value
 
 
@@ -32,8 +34,8 @@ def test_no_index_means_no_checkpoint(tmp_path):
 
 def test_saves_both_kinds_of_weights_and_resumes_from_the_last(tmp_path):
     client = RecordingTrainingClient()
-    save_checkpoint(client, tmp_path, 2, BatchCursor(0, 16), seed=3)
-    save_checkpoint(client, tmp_path, 4, BatchCursor(1, 8), seed=3)
+    save_checkpoint(client, tmp_path, 2, BatchCursor(0, 16), seed=3, tokens=Tokens(10, 20, 30))
+    save_checkpoint(client, tmp_path, 4, BatchCursor(1, 8), seed=3, tokens=Tokens(11, 22, 33))
     assert client.calls == [
         ("save_state", "step_000002"),
         ("save_weights_for_sampler", "step_000002"),
@@ -45,15 +47,24 @@ def test_saves_both_kinds_of_weights_and_resumes_from_the_last(tmp_path):
     assert checkpoint.state_path == "tinker://run/weights/step_000004"
     assert checkpoint.sampler_path == "tinker://run/sampler_weights/step_000004"
     assert checkpoint.cursor == BatchCursor(1, 8) and checkpoint.seed == 3
+    assert checkpoint.tokens == Tokens(prefill=11, sampled=22, trained=33)
+
+
+def test_an_index_from_before_token_accounting_resumes_with_zero_totals(tmp_path):
+    save_checkpoint(RecordingTrainingClient(), tmp_path, 2, BatchCursor(0, 16), 0, Tokens(1, 2, 3))
+    (row,) = read_json_lines(index_path(tmp_path))
+    del row["tokens"]
+    index_path(tmp_path).write_text(json.dumps(row) + "\n")
+    assert last_checkpoint(tmp_path).tokens == Tokens()
 
 
 def test_a_line_cut_by_a_kill_is_skipped_and_does_not_swallow_the_next(tmp_path):
     client = RecordingTrainingClient()
-    save_checkpoint(client, tmp_path, 2, BatchCursor(0, 16), seed=0)
+    save_checkpoint(client, tmp_path, 2, BatchCursor(0, 16), seed=0, tokens=Tokens())
     with index_path(tmp_path).open("a") as f:
         f.write('{"step": 4, "state_pa')  # killed mid-write
     assert last_checkpoint(tmp_path).step == 2
-    save_checkpoint(client, tmp_path, 4, BatchCursor(0, 32), seed=0)
+    save_checkpoint(client, tmp_path, 4, BatchCursor(0, 32), seed=0, tokens=Tokens())
     assert last_checkpoint(tmp_path).step == 4
     assert len(read_json_lines(index_path(tmp_path))) == 2
 

@@ -1,8 +1,9 @@
 import dataclasses
+import socket
 
 import pytest
 
-from harness.cli import parse_config
+from harness.cli import main, parse_config
 from harness.config import Config, ConfigError, resolve_backend, validate
 
 ORIGINAL_README_DEFAULTS = {
@@ -32,6 +33,7 @@ def test_every_flag_of_the_original_readme_has_its_default():
     for name, default in ORIGINAL_README_DEFAULTS.items():
         assert getattr(config, name) == default, name
     assert (config.backend, config.dataset_path, config.eval_n) == ("auto", None, 100)
+    assert (config.eval_temperature, config.eval_num_samples) == (0.0, 1)  # greedy validation
 
 
 def test_flags_parse_in_the_readme_style():
@@ -86,6 +88,9 @@ def test_a_good_local_config_passes(tiny_model_dir, gsm8k_dir):
         ({"cliprange": 0.0}, "--cliprange must lie in (0, 1)"),
         ({"learning_rate": 0.0}, "--learning_rate must be positive"),
         ({"sampling_temperature": -1.0}, "--sampling_temperature must be >= 0"),
+        ({"eval_temperature": -0.5}, "--eval_temperature must be >= 0"),
+        ({"eval_num_samples": 0}, "--eval_num_samples must be positive"),
+        ({"eval_num_samples": 4}, "--eval_num_samples=4 at --eval_temperature=0 would draw 4"),
         ({"dataset_path": "no/such/folder"}, "--dataset_path=no/such/folder: no such folder"),
         ({"model_name": "no/such-model-dir"}, "--model_name=no/such-model-dir: no such model"),
     ],
@@ -101,6 +106,22 @@ def test_group_size_one_is_fine_without_std_normalization(tiny_model_dir, gsm8k_
     validate(
         local(tiny_model_dir, gsm8k_dir, group_size=1, use_std_normalization=False), environ={}
     )
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"config.json": "{not json"}, "config.json is not valid JSON"),
+        ({"config.json": '{"vocab_size": 10}'}, "config.json has no model_type"),
+        ({"config.json": '{"model_type": "qwen3"}'}, "the folder holds no weights"),
+    ],
+)
+def test_a_broken_model_folder_is_one_line(tmp_path, gsm8k_dir, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError) as info:
+        validate(local(tmp_path, gsm8k_dir), environ={})
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_dataset_folder_must_hold_both_splits(tmp_path, tiny_model_dir):
@@ -119,3 +140,18 @@ def test_tinker_backend_needs_a_key():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().group_size = 3  # type: ignore[misc]
+
+
+def test_a_key_without_a_reachable_service_is_one_line_before_any_call(
+    gsm8k_dir, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("TINKER_API_KEY", "tml-unreachable-test")
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused at once
+    url = f"http://127.0.0.1:{port.getsockname()[1]}"
+    flags = [f"--base_url={url}", f"--dataset_path={gsm8k_dir}", f"--log_path={tmp_path}"]
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach the Tinker service at {url}")
+    assert err.count("\n") == 1 and not (tmp_path / "config.json").exists()
+    port.close()

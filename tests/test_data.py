@@ -66,7 +66,7 @@ def test_rows_from_the_hub_are_checked_the_same_way(monkeypatch):
 
 def test_unreachable_hub_names_the_offline_flag(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("harness.data.gsm8k._hub_reachable", lambda: False)
+    monkeypatch.setattr("harness.data.gsm8k.hub_reachable", lambda: False)
     with pytest.raises(DatasetUnavailable, match="--dataset_path"):
         load_gsm8k("train")
 

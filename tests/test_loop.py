@@ -91,8 +91,9 @@ def test_smoke_run_writes_every_metric_each_step(smoke_run):
     for row in step_rows:
         missing = [k for k in README_METRICS + EXTRA_METRICS if k not in row]
         assert not missing, (row["progress/grpo_step"], missing)
+    validation = {"val/accuracy", "val/accuracy_stderr", "val/format_accuracy"}
     for step in (0, 2, 4):
-        assert {"val/accuracy", "val/format_accuracy"} <= set(step_rows[step])
+        assert validation <= set(step_rows[step])
     assert "val/accuracy" not in step_rows[1]
     assert final_row["progress/grpo_step"] == 5 and final_row["progress/done_frac"] == 1.0
     assert 0.0 <= final_row["val/accuracy"] <= 1.0
@@ -197,7 +198,7 @@ class _Ready:
     def __init__(self, value):
         self.value = value
 
-    def result(self):
+    def result(self, timeout=None):
         return self.value
 
 
@@ -251,8 +252,15 @@ def metric_steps(log_path: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_runs_resume_to_the_same_metrics(tmp_path, tiny_model_dir, gsm8k_dir):
+    prices = tmp_path / "prices.toml"  # so the run's dollar totals must survive the kills too
+    prices.write_text(
+        f'["{tiny_model_dir}"]\nprefill = 0.3\nsample = 0.7\ntrain = 1.1\n'
+        'source = "a test"\ndate = "2026-12-01"\n'
+    )
+
     def args(log_path: Path) -> list[str]:
-        return [*SMOKE, *offline_args(tiny_model_dir, gsm8k_dir, log_path), "--seed=3"]
+        flags = offline_args(tiny_model_dir, gsm8k_dir, log_path)
+        return [*SMOKE, *flags, "--seed=3", f"--price_table={prices}"]
 
     straight = tmp_path / "straight"
     process = run_script(straight, args(straight))
@@ -277,6 +285,7 @@ def test_killed_runs_resume_to_the_same_metrics(tmp_path, tiny_model_dir, gsm8k_
 
     expected = without_timings(read_json_lines(straight / "metrics.jsonl"))
     assert any(row.get("train/datums", 0) > 0 for row in expected)
+    assert expected[-1]["cost/total_usd"] > 0 and expected[-1]["tokens/trained_total"] > 0
     for killed in (after_checkpoint, mid_step):
         assert without_timings(read_json_lines(killed / "metrics.jsonl")) == expected
         assert checkpoint_steps(killed)[-1] == 5

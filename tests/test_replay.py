@@ -277,3 +277,14 @@ def test_a_tokenizer_that_is_not_here_names_the_override(
     tokenizer = training_client().get_tokenizer()
     expected = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert tokenizer.encode("Tom has 12 apples.") == expected.encode("Tom has 12 apples.")
+
+
+def test_a_cassette_damaged_in_the_middle_is_one_line_naming_its_line(recorded, tmp_path, capsys):
+    root, _ = recorded
+    lines = (root / "run.jsonl").read_text().splitlines()
+    lines[5] = lines[5][: len(lines[5]) // 2]
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join(lines) + "\n")
+    flags = [f for f in replay_args(recorded, tmp_path / "replay") if "--cassette" not in f]
+    assert main([*flags, f"--cassette={damaged}"], varied_reward) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: {damaged}:6 is not a JSON line"

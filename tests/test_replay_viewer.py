@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,21 +15,14 @@ from harness.cli import main
 from harness.data import load_problems, next_batch
 from harness.data.cursor import BatchCursor
 from harness.jsonl import read_json_lines
+from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "fixtures" / "cassettes" / "smoke.jsonl"
 METRICS = read_json_lines(GOLDEN.with_suffix(".metrics.jsonl"))
 
 
-def viewer():
-    spec = importlib.util.spec_from_file_location("replay_viewer", REPO / "scripts" / "replay.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-VIEWER = viewer()
+VIEWER = load_script("replay.py", "replay_viewer")
 
 
 def show(*args: str, cassette: Path = GOLDEN) -> tuple[int, str]:

@@ -13,23 +13,16 @@ from rich.console import Console
 from harness.checkpoints import RunStateError, checkpoints, index_path
 from harness.cli import check_resumed_config, main, parse_config
 from harness.config import Config, config_changes
-from harness.data import load_gsm8k
 from harness.jsonl import append_json_line, read_json_lines
-from tests.support.scripted_backend import scripted_run
+from harness.logger import RunLogger
+from tests.support.scripted_backend import SCRIPTED_FLAGS, scripted_run
 
-FLAGS = [
-    "--rollout_batch_size=3",
-    "--group_size=4",
-    "--save_every=2",
-    "--eval_every=2",
-    "--eval_n=2",
-    "--sampling_max_tokens=8",
-]
+FLAGS = [*SCRIPTED_FLAGS, "--group_size=4"]
 
 
 @pytest.fixture(scope="module")
-def problems(gsm8k_dir):
-    return load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
+def problems(gsm8k_problems):
+    return gsm8k_problems
 
 
 @pytest.fixture
@@ -60,7 +53,7 @@ def test_a_vanished_checkpoint_falls_back_to_the_one_before_it(run, tmp_path, ca
 def test_when_no_checkpoint_loads_the_run_stops_and_deletes_nothing(run, tmp_path):
     run(4)
     metrics = (tmp_path / "metrics.jsonl").read_bytes()
-    with pytest.raises(RunStateError, match=r"none of the 2 checkpoints in .*index.jsonl loads"):
+    with pytest.raises(RunStateError, match=r"none of the 2 saved states in .*checkpoints loads"):
         run(6, states={})
     assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
 
@@ -127,3 +120,16 @@ def test_an_empty_config_json_is_one_clear_error_and_stays(
     assert main(cli_flags(tmp_path, gsm8k_dir, tiny_model_dir)) == 2
     assert "config.json is empty or not JSON" in capsys.readouterr().err
     assert (tmp_path / "config.json").read_text() == ""
+
+
+def test_an_unreadable_metrics_line_is_kept_aside_not_deleted_on_resume(tmp_path, capsys):
+    config = Config(log_path=str(tmp_path))
+    rows = [{"progress/grpo_step": float(s), "reward/mean": 0.1 * s} for s in range(4)]
+    lines = [json.dumps(row) for row in rows]
+    lines.insert(2, '{"progress/grpo_step": 1.5, "rew')  # a line cut short in the middle
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    RunLogger(config, Console(stderr=True, soft_wrap=True)).drop_rows_from(3)
+    assert read_json_lines(tmp_path / "metrics.jsonl") == rows[:3]
+    kept = (tmp_path / "metrics.unreadable.txt").read_text()
+    assert kept == '{"progress/grpo_step": 1.5, "rew\n'
+    assert "metrics.jsonl: line 3 does not read as JSON" in capsys.readouterr().err

@@ -18,11 +18,12 @@ import torch
 
 from harness.backends.local import LocalServiceClient
 from harness.cli import parse_config
-from harness.data import BatchCursor, load_gsm8k, next_batch
+from harness.data import BatchCursor, next_batch
 from harness.grpo import compute_group_normalized_rewards, group_normalized_advantages
 from harness.loop import rollout_params
 from harness.rollouts import request_seed, stop_sequences
 from tests.support.scripted_backend import (
+    SCRIPTED_FLAGS,
     Call,
     ScriptedService,
     member_number,
@@ -31,20 +32,12 @@ from tests.support.scripted_backend import (
 from tests.support.serve import MODEL
 
 GROUP_SIZE = 4
-FLAGS = [
-    "--n_grpo_steps=4",
-    "--rollout_batch_size=3",
-    f"--group_size={GROUP_SIZE}",
-    "--save_every=2",
-    "--eval_every=2",
-    "--eval_n=2",
-    "--sampling_max_tokens=8",
-]
+FLAGS = [*SCRIPTED_FLAGS, "--n_grpo_steps=4", f"--group_size={GROUP_SIZE}"]
 
 
 @pytest.fixture(scope="module")
-def problems(gsm8k_dir):
-    return load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
+def problems(gsm8k_problems):
+    return gsm8k_problems
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """The committed tiny Qwen3 fixture: offline, small, and tokenizing GSM8K as the harness needs."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +10,8 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.data.gsm8k import read_jsonl_problems
+from tests.support.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_tiny_model.py"
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 ODD_UNICODE = (
     "🙂👩‍👩‍👧 emoji with a zero-width joiner",
@@ -29,11 +27,7 @@ ODD_UNICODE = (
 @pytest.fixture(scope="module")
 def make_tiny_model():
     """The generator script, imported as a module so its functions can be checked directly."""
-    spec = importlib.util.spec_from_file_location("make_tiny_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_tiny_model.py", "make_tiny_model")
 
 
 @pytest.fixture(scope="module")

@@ -9,26 +9,61 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from harness.config import Config, resolve_backend
+from harness.config import ConfigError, resolve_backend
+
+
+def check_reachable(base_url: str | None, timeout_s: float = 5.0) -> None:
+    """Raise ConfigError in one line when the Tinker service's host does not take a connection:
+    offline, the SDK would retry for minutes before saying anything."""
+    from tinker.lib.base_url import resolve_base_url
+
+    url = urllib.parse.urlsplit(resolve_base_url(base_url))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot reach the Tinker service at {url.geturl()} ({error}); check the network,"
+            " or run offline with --backend=local"
+        ) from None
+
+
+class BackendConfig(Protocol):
+    """What choosing a backend reads: the training Config has it, so does the evaluation's."""
+
+    backend: str
+    base_url: str | None
+    model_name: str
+    seed: int
+    log_path: str
+    record_cassette: str | None
+    cassette: str | None
+    replay_realtime: bool
 
 
 @contextlib.contextmanager
 def open_service_client(
-    config: Config,
+    config: BackendConfig,
     environ: Mapping[str, str],
     reward_fn: Callable[..., Any] | None = None,
     plugged: Mapping[str, Any] | None = None,
+    storage_dir: Path | None = None,
 ) -> Iterator[Any]:
     """The run's service client, recording to --record_cassette when asked (with the name of
     `reward_fn`, a reward replacing the task's, and `plugged`, what identifies the functions the
-    flags plugged in); whatever the backend started (a local server) stops when the block ends."""
+    flags plugged in); whatever the backend started (a local server) stops when the block ends.
+    The local backends keep `tinker://` checkpoints in `storage_dir`, by default the run's own
+    `{log_path}/tinker-storage`, so rerunning the command finds them."""
     backend = resolve_backend(config, environ)
+    storage_dir = storage_dir or Path(config.log_path) / "tinker-storage"
     with contextlib.ExitStack() as stack:
-        service = stack.enter_context(_backend_service(backend, config))
+        service = stack.enter_context(_backend_service(backend, config, storage_dir))
         if config.record_cassette is not None:
             from harness.backends.record import RecordingServiceClient, reward_name
 
@@ -53,14 +88,8 @@ def scores_hook(service_client: Any) -> Callable[[int, Any, Any], None] | None:
 
 
 @contextlib.contextmanager
-def _backend_service(backend: str, config: Config) -> Iterator[Any]:
-    # Checkpoints of the local backends live with the run, so rerunning the command finds them.
-    storage_dir = Path(config.log_path) / "tinker-storage"
-    weather = None
-    if config.weather is not None:
-        from harness.weather import load_weather
-
-        weather = load_weather(config.weather)
+def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> Iterator[Any]:
+    weather = _weather(config)
     if backend == "tinker":
         import tinker
 
@@ -87,3 +116,13 @@ def _backend_service(backend: str, config: Config) -> Iterator[Any]:
         yield ReplayServiceClient(config.cassette, realtime=config.replay_realtime)
     else:
         raise ValueError(f"unknown backend {backend!r}")
+
+
+def _weather(config: BackendConfig) -> Any:
+    """The weather profile `--weather` names, or None (the evaluation's config has no flag)."""
+    path = getattr(config, "weather", None)
+    if path is None:
+        return None
+    from harness.weather import load_weather
+
+    return load_weather(path)

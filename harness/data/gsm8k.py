@@ -87,7 +87,7 @@ def checked_problem(row: object, where: str) -> Problem:
 def _load_from_hub(split: str) -> list[Problem]:
     # The datasets library retries an unreachable hub for ~25 s before failing; a quick probe
     # fails at once. HF_HUB_OFFLINE=1 skips the probe and reads the local cache.
-    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
         raise DatasetUnavailable(
             f"{HUB_DATASET[0]} cannot be loaded: the Hugging Face hub is unreachable; pass "
             "--dataset_path=FOLDER with train.jsonl and test.jsonl (e.g. fixtures/gsm8k)"
@@ -104,7 +104,7 @@ def _load_from_hub(split: str) -> list[Problem]:
     return [checked_problem(row, f"{HUB_DATASET[0]} {split} row {i}") for i, row in enumerate(rows)]
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
+def hub_reachable(timeout_s: float = 3.0) -> bool:
     try:
         socket.create_connection((HUB_HOST, 443), timeout=timeout_s).close()
     except OSError:

@@ -141,6 +141,17 @@ class ScriptedService:
         return [call for call in self.calls if call.method == method]
 
 
+# A small run of the training script for the scripted backend: 3 questions, validation and a
+# checkpoint every 2 steps.
+SCRIPTED_FLAGS = [
+    "--rollout_batch_size=3",
+    "--save_every=2",
+    "--eval_every=2",
+    "--eval_n=2",
+    "--sampling_max_tokens=8",
+]
+
+
 def scripted_run(
     flags: Sequence[str], problems: tuple[list[Problem], list[Problem]], states=None
 ) -> tuple[ScriptedService, RunResult]:

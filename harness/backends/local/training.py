@@ -1,5 +1,6 @@
 """The training client: a LoRA model, its AdamW state, and calls run in submission order."""
 
+import errno
 import os
 import shutil
 import uuid
@@ -27,7 +28,7 @@ from .models import (
     trainable_parameters,
 )
 from .optimizer import adam_step, new_optimizer
-from .storage import Kind, TinkerPath, check_name, write_meta
+from .storage import CheckpointStore, Kind, TinkerPath, check_name, write_meta
 
 if TYPE_CHECKING:
     from .sampling import LocalSamplingClient
@@ -35,6 +36,21 @@ if TYPE_CHECKING:
 
 OPTIMIZER_FILE = "optimizer.pt"
 T = TypeVar("T")
+
+
+def saved_optimizer_steps(storage_dir: str | Path, state_path: str) -> int:
+    """How many steps the optimizer had taken when `state_path` (from save_state) was saved
+    under `storage_dir`: the count AdamW keeps with its moments, not one the caller kept."""
+    directory = CheckpointStore(storage_dir).resolve(state_path)
+    state = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    steps = {int(param_state["step"]) for param_state in state["state"].values()}
+    return steps.pop() if len(steps) == 1 else max(steps, default=0)
+
+
+def no_space_left(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(error)
 
 
 class LocalTrainingClient:
@@ -194,21 +210,29 @@ class LocalTrainingClient:
             raise FileExistsError(f"checkpoint {path} exists; pass overwrite=True to replace it")
         staging = directory.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         staging.mkdir(parents=True)
-        save_weights(self._model, staging)
-        if kind == "weights":
-            torch.save(self._optimizer.state_dict(), staging / OPTIMIZER_FILE)
-        write_meta(
-            staging,
-            {
-                "kind": kind,
-                "base_model": self._base_model,
-                "model_dir": store.relative(self._model_dir),
-                "lora": self._spec.to_json() if self._spec is not None else None,
-                "user_metadata": user_metadata,
-                "ttl_seconds": ttl_seconds,
-                **lifetime,
-            },
-        )
+        try:
+            save_weights(self._model, staging)
+            if kind == "weights":
+                torch.save(self._optimizer.state_dict(), staging / OPTIMIZER_FILE)
+            write_meta(
+                staging,
+                {
+                    "kind": kind,
+                    "base_model": self._base_model,
+                    "model_dir": store.relative(self._model_dir),
+                    "lora": self._spec.to_json() if self._spec is not None else None,
+                    "user_metadata": user_metadata,
+                    "ttl_seconds": ttl_seconds,
+                    **lifetime,
+                },
+            )
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if no_space_left(error):  # safetensors says so in its own exception type
+                raise OSError(
+                    errno.ENOSPC, f"no space left writing {path}; free space and rerun"
+                ) from error
+            raise
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(staging, directory)
