@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import heapq
+import logging
 import math
 import random
 import threading
@@ -39,6 +40,8 @@ When = Literal["before", "after"]
 CALLS: tuple[Call, ...] = get_args(Call)
 ERRORS: tuple[Error, ...] = get_args(Error)
 SAVES: tuple[Call, ...] = ("save_state", "save_weights_for_sampler")
+# Without a handler configured, Python prints warnings as bare lines on stderr.
+_log = logging.getLogger(__name__)
 
 
 class WeatherError(ValueError):
@@ -313,6 +316,11 @@ def describe(fired: Fired, source: str) -> str:
     n = fired.n
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"weather {source}: {fired.fault.error} {fired.fault.when} the {n}{suffix} {fired.call}"
+
+
+def announce(fired: Fired, source: str) -> None:
+    """Say that a fault was injected, as it happens (scripts/soak.py counts these lines)."""
+    _log.warning("weather: injected %s", describe(fired, source))
 
 
 class FaultSchedule:

@@ -243,3 +243,14 @@ def test_the_server_process_dying_is_not_an_in_process_fault(open_service):
     trainer = trainer_of(service)
     assert trainer.forward_backward(batch(1), "ppo").result().metrics
     assert service.weather.schedule.fired == []
+
+
+def test_each_injected_fault_is_announced_as_it_happens(open_service, caplog):
+    service = open_service(weather(faults=[{"call": "sample", "error": "failed", "at": 2}]))
+    sampler = service.create_sampling_client(base_model=MODEL).result()
+    with caplog.at_level("WARNING", logger="harness.weather"):
+        sampler.sample(PROMPT, 1, PARAMS).result()
+        assert caplog.messages == []
+        with pytest.raises(tinker.RequestFailedError):
+            sampler.sample(PROMPT, 1, PARAMS).result()
+    assert caplog.messages == ["weather: injected weather test.toml: failed before the 2nd sample"]

@@ -244,7 +244,9 @@ def test_a_server_that_dies_comes_back_on_the_same_storage(tmp_path, monkeypatch
         first = trainer.save_state("first").result(TIMEOUT_S).path
         trainer.save_state("second")  # the server saves it, then dies before answering
         assert server.wait(timeout=TIMEOUT_S) == DIED_EXIT_CODE
-        assert "weather: the server process dies here" in server.stderr.read()
+        stderr = server.stderr.read()
+        assert f"weather: injected weather {profile}: die after the 2nd save_state" in stderr
+        assert "weather: the server process dies here" in stderr
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGKILL)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from harness.weather import FaultSchedule, Fired, Weather, describe
+from harness.weather import FaultSchedule, Fired, Weather, announce, describe
 
 from .futures import Failure, Outcome
 from .state import JSON, HttpError
@@ -101,6 +101,8 @@ class ServerWeather:
         """The fault striking this request, if any; one `before` with an HTTP effect
         strikes now (raising the refusal, or dying)."""
         fired = self.schedule.next(call)
+        if fired is not None:
+            announce(fired, self.weather.source)
         if fired is not None and fired.fault.when == "before":
             self._strike(fired)
         return fired

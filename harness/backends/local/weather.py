@@ -33,6 +33,7 @@ from harness.weather import (
     SampleSlots,
     TrainingTimeline,
     Weather,
+    announce,
     describe,
     sampling_service_s,
 )
@@ -166,11 +167,17 @@ class LocalWeather:
 
     # -- training and loading -------------------------------------------------------------
 
+    def _next(self, call: Call) -> Fired | None:
+        fired = self.schedule.next(call)
+        if fired is not None:
+            announce(fired, self.weather.source)
+        return fired
+
     def training(
         self, call: Call, timeline: TrainingTimeline, submit: Callable[[], APIFuture[T]]
     ) -> APIFuture[T]:
         """`submit()` (a call on a training client's queue), answered when `timeline` says."""
-        fired = self.schedule.next(call)
+        fired = self._next(call)
         with self._timeline_lock:
             finish = timeline.queue(self._now(), save=call in SAVES)
         return self._answer(fired, submit, finish)
@@ -180,7 +187,7 @@ class LocalWeather:
     ) -> APIFuture[T]:
         """`submit()` (creating a client), after the load time if it loads a checkpoint;
         `call` None: no fault can strike it."""
-        fired = self.schedule.next(call) if call is not None else None
+        fired = self._next(call) if call is not None else None
         seconds = self.weather.seconds(self.weather.latency.load_s) if load else 0.0
         return self._answer(fired, submit, self._now() + seconds)
 
@@ -221,7 +228,7 @@ class LocalWeather:
     def sample(self, submit: Callable[[], APIFuture[types.SampleResponse]]):
         """`submit()` (a sampling request to the engine), answered when its slot and its
         tokens say. An expired promise makes the SDK send the request again: it runs twice."""
-        fired = self.schedule.next("sample")
+        fired = self._next("sample")
         answer: Future = Future()
         if fired is not None and fired.fault.when == "before" and fired.fault.error != "expired":
             ttft = self.weather.seconds(self.weather.latency.ttft_s)
