@@ -136,9 +136,15 @@ class Config:
     replay_realtime: bool = False
     """With --backend=replay: sleep the recorded latencies, reproducing the run's timing."""
 
+    # The offline twin's weather.
+    weather: str | None = None
+    """With --backend=local or local-server: a weather profile (TOML, e.g.
+    fixtures/weather/tinker-like.toml) giving the cloud's latency and faults."""
+
 
 # Flags a resumed run may change: how long it runs, how often it checkpoints and validates,
-# where it logs and records, and how it reaches the service. Every other flag changes what a
+# where it logs and records, how it reaches the service and the weather it meets there
+# (timing and faults, not what a step computes). Every other flag changes what a
 # step means (the model, the data, the batch, the algorithm, the seed), so a run resumed
 # with another value would be neither the old run nor a new one.
 RESUMABLE_CHANGES = frozenset(
@@ -158,6 +164,7 @@ RESUMABLE_CHANGES = frozenset(
         "retry_backoff_s",
         "rolling_save_every",
         "ttl_seconds",
+        "weather",
     }
 )
 
@@ -248,6 +255,8 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         )
     if backend in ("local", "local-server"):
         _check_local_model(config.model_name)
+    if config.weather is not None:
+        _check_weather(config, backend)
     if backend == "replay":
         if config.cassette is None:
             raise ConfigError("--backend=replay needs --cassette=PATH (a recording of a run)")
@@ -266,6 +275,25 @@ def check_eval_sampling(num_samples: int, temperature: float, prefix: str) -> No
             f"--{prefix}num_samples={num_samples} at --{prefix}temperature=0 would draw "
             f"{num_samples} identical greedy answers; set --{prefix}temperature > 0"
         )
+
+
+def _check_weather(config: Config, backend: str) -> None:
+    from harness.weather import WeatherError, load_weather
+
+    if backend not in ("local", "local-server"):
+        raise ConfigError(
+            f"--weather is for --backend=local or --backend=local-server (the offline twin),"
+            f" not the {backend} backend"
+        )
+    if backend == "local-server" and config.base_url is not None:
+        raise ConfigError(
+            "--weather with --base_url: the server there has its own weather; start it with"
+            " python -m harness.serve --weather=PATH"
+        )
+    try:
+        load_weather(config.weather)
+    except WeatherError as e:
+        raise ConfigError(f"--weather={e}") from None
 
 
 def _check_dataset_folder(folder: Path) -> None:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,10 @@ class Args:
     eval_n: int = 16
 
 
-def run(backend: str, log_path: Path, args: Args) -> tuple[list[dict], float]:
+def run(
+    backend: str, log_path: Path, args: Args, extra: Sequence[str] = ()
+) -> tuple[list[dict], float]:
+    """One smoke run in a fresh process (with `extra` flags): its step rows and wall time."""
     command = [
         sys.executable,
         str(REPO_ROOT / "tests" / "support" / "varied_reward_run.py"),
@@ -52,6 +56,7 @@ def run(backend: str, log_path: Path, args: Args) -> tuple[list[dict], float]:
         f"--sampling_max_tokens={args.sampling_max_tokens}",
         f"--eval_n={args.eval_n}",
         f"--log_path={log_path}",
+        *extra,
     ]
     start = time.perf_counter()
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}

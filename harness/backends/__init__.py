@@ -89,6 +89,7 @@ def scores_hook(service_client: Any) -> Callable[[int, Any, Any], None] | None:
 
 @contextlib.contextmanager
 def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> Iterator[Any]:
+    weather = _weather(config)
     if backend == "tinker":
         import tinker
 
@@ -97,12 +98,16 @@ def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> 
     elif backend == "local":
         from harness.backends.local import LocalServiceClient
 
-        yield LocalServiceClient(storage_dir=storage_dir, seed=config.seed)
+        yield LocalServiceClient(storage_dir=storage_dir, seed=config.seed, weather=weather)
     elif backend == "local-server":
         from harness.backends.local_server import local_server_service_client
 
         with local_server_service_client(
-            config.model_name, storage_dir, seed=config.seed, base_url=config.base_url
+            config.model_name,
+            storage_dir,
+            seed=config.seed,
+            base_url=config.base_url,
+            weather=weather,
         ) as service:
             yield service
     elif backend == "replay":
@@ -111,3 +116,13 @@ def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> 
         yield ReplayServiceClient(config.cassette, realtime=config.replay_realtime)
     else:
         raise ValueError(f"unknown backend {backend!r}")
+
+
+def _weather(config: BackendConfig) -> Any:
+    """The weather profile `--weather` names, or None (the evaluation's config has no flag)."""
+    path = getattr(config, "weather", None)
+    if path is None:
+        return None
+    from harness.weather import load_weather
+
+    return load_weather(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 import tinker
 
 from harness.serve import LocalTinkerServer
+from harness.weather import Weather
 
 # A server of our own gets a fresh key; one already running takes the user's, or any `tml-`.
 _DEFAULT_KEY = "tml-local"
@@ -30,14 +31,17 @@ def local_server_service_client(
     *,
     seed: int | None = None,
     base_url: str | None = None,
+    weather: Weather | None = None,
 ) -> Iterator[tinker.ServiceClient]:
-    """A `tinker.ServiceClient` on a local server serving `model_name`; the session finishes
-    and the server (if this started it) stops when the block ends."""
+    """A `tinker.ServiceClient` on a local server serving `model_name` (under `weather`);
+    the session finishes and the server (if this started it) stops when the block ends."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(_environ(TINKER_TELEMETRY="0"))
         if base_url is None:
             api_key = f"tml-local-{secrets.token_hex(16)}"
-            server = LocalTinkerServer([model_name], storage_dir, api_key=api_key, seed=seed)
+            server = LocalTinkerServer(
+                [model_name], storage_dir, api_key=api_key, seed=seed, weather=weather
+            )
             base_url = stack.enter_context(server).base_url
         else:
             api_key = os.environ.get("TINKER_API_KEY") or _DEFAULT_KEY

@@ -9,6 +9,8 @@ import sys
 
 import tyro
 
+from harness.weather import load_weather
+
 from .server import LocalTinkerServer
 
 
@@ -35,6 +37,10 @@ class ServeConfig:
     """torch device (default: cuda if available, else cpu)."""
     log_level: str = "info"
     """uvicorn log level."""
+    weather: str | None = None
+    """A weather profile (TOML, e.g. fixtures/weather/tinker-like.toml): the cloud's latency
+    and faults, at the HTTP level. A `die` fault exits with status 75; restart the server on
+    the same --storage_dir and the checkpoints are there."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         ServeConfig, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True
     )
     try:
+        weather = load_weather(config.weather) if config.weather is not None else None
         server = LocalTinkerServer(
             config.model,
             config.storage_dir,
@@ -51,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
             seed=config.seed,
             device=config.device,
             log_level=config.log_level,
+            weather=weather,
         )
     except (ValueError, OSError) as error:  # a bad model, address or port: the user's to fix
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
         f"serving {', '.join(config.model)} at {server.base_url} (checkpoints in"
-        f" {config.storage_dir}); Ctrl-C stops",
+        f" {config.storage_dir})"
+        + (f" under the weather of {config.weather}" if config.weather else "")
+        + "; Ctrl-C stops",
         file=sys.stderr,
     )
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled

@@ -22,6 +22,7 @@ from tinker import types
 from .bodies import decode, parse_json_object, read_bounded, too_large
 from .futures import Failure, Payload
 from .state import JSON, HttpError, Limits, ServerState
+from .weather import ConnectionDropped, dropped_answer
 
 API = "/api/v1"
 Model = TypeVar("Model", bound=pydantic.BaseModel)
@@ -49,6 +50,10 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
     @app.exception_handler(HttpError)
     async def refused(request: Request, error: HttpError) -> JSONResponse:
         return _refusal(error.status, error.message)
+
+    @app.exception_handler(ConnectionDropped)
+    async def dropped(request: Request, error: ConnectionDropped) -> Response:
+        return dropped_answer()  # the weather's: the answer breaks off after its headers
 
     # -- handshake and sessions ---------------------------------------------------------------
 
@@ -101,14 +106,15 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
     @app.post(f"{API}/create_model")
     async def create_model(request: Request) -> Response:
         body = _parse(types.CreateModelRequest, await _json(request, state.limits))
-        return _future(*state.create_model(body))
+        return await _future(state, *state.create_model(body))
 
     @app.post(f"{API}/load_weights")
     async def load_weights(request: Request) -> Response:
-        return _future(
+        return await _future(
+            state,
             *state.load_weights(
                 _parse(types.LoadWeightsRequest, await _json(request, state.limits))
-            )
+            ),
         )
 
     @app.post(f"{API}/get_info")
@@ -125,13 +131,11 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
             )
         limits = state.limits
         body = await _body(request, limits.max_body_bytes, limits.max_decoded_bytes)
-        return _future(*state.forward_backward(body))
+        return await _future(state, *state.forward_backward(body))
 
     # JSON training requests, validated in their seq_id turn: a malformed one leaves no gap.
     for submit in (state.optim_step, state.save_weights, state.save_weights_for_sampler):
-        app.add_api_route(
-            f"{API}/{submit.__name__}", _queued(submit, state.limits), methods=["POST"]
-        )
+        app.add_api_route(f"{API}/{submit.__name__}", _queued(submit, state), methods=["POST"])
 
     # -- sampling -----------------------------------------------------------------------------
 
@@ -150,6 +154,7 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
         request_id, sequence_ids = state.sample(
             _parse(types.SampleRequest, await _json(request, state.limits))
         )
+        await state.answered(request_id)
         return _model(
             types.UntypedAPIFuture(request_id=request_id, sample_sequence_ids=sequence_ids)
         )
@@ -167,7 +172,7 @@ def create_app(state: ServerState, api_key: str | None) -> FastAPI:
                 f"request {request_id!r} is unknown here (results are kept"
                 f" {state.limits.keep_s:.0f} s after they settle, and not across restarts)",
             )
-        outcome = await state.futures.retrieve(request_id)
+        outcome = await state.retrieved(request_id, await state.futures.retrieve(request_id))
         if outcome is None:
             return JSONResponse(
                 {"type": "try_again", "request_id": request_id, "queue_state": "active"}
@@ -257,14 +262,16 @@ def _model(model: pydantic.BaseModel) -> Response:
     return Response(model.model_dump_json(exclude_none=True), media_type=JSON)
 
 
-def _queued(submit: Callable[[dict[str, Any]], tuple[str, str]], limits: Limits):
+def _queued(submit: Callable[[dict[str, Any]], tuple[str, str]], state: ServerState):
     """An endpoint handing its JSON body to `submit`, which queues it on its model."""
 
     async def endpoint(request: Request) -> Response:
-        return _future(*submit(await _json(request, limits)))
+        return await _future(state, *submit(await _json(request, state.limits)))
 
     return endpoint
 
 
-def _future(request_id: str, model_id: str) -> Response:
+async def _future(state: ServerState, request_id: str, model_id: str) -> Response:
+    """The answer to a request that returns a future (after the weather had its say)."""
+    await state.answered(request_id)
     return _model(types.UntypedAPIFuture(request_id=request_id, model_id=model_id))

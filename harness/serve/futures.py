@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class FutureStore:
         self._futures: dict[str, Future[Outcome]] = {}
         self._settled: collections.deque[tuple[float, str]] = collections.deque()
         self._closed: Failure | None = None
+        self._closing = asyncio.Event()
 
     def open(self) -> str:
         """A new request id, pending until `settle`d (or failed at once if the store closed)."""
@@ -77,9 +79,21 @@ class FutureStore:
             await asyncio.wait([asyncio.wrap_future(future)], timeout=self.hold_s)
         return future.result() if future.done() else None
 
+    async def hold(self) -> Failure | None:
+        """Wait `hold_s` as a poll of a pending request would; the failure of a store that
+        closed meanwhile, or None."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self.hold_s)
+        return self._closed
+
+    async def finished(self, request_id: str) -> None:
+        """Wait until `request_id` has settled."""
+        await asyncio.wrap_future(self._futures[request_id])
+
     def close(self, failure: Failure) -> None:
         """Fail every pending request with `failure`, and every request opened from now on."""
         self._closed = failure
+        self._closing.set()
         for request_id in list(self._futures):
             self.settle(request_id, failure)
 

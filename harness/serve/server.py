@@ -9,6 +9,7 @@ close, so an SDK waiting on a result gets an error instead of polling a dead por
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -18,9 +19,11 @@ from pathlib import Path
 import uvicorn
 
 from harness.backends.local import LocalServiceClient
+from harness.weather import Weather
 
 from .app import create_app
 from .state import Limits, ServerState
+from .weather import QUIET_DROPS, ServerWeather, die, dropping_connections
 
 _START_TIMEOUT_S = 60.0
 
@@ -68,7 +71,10 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 class LocalTinkerServer:
     """Serves `models` (local model directories or cached hub ids, loaded at start) on
     `host:port` (0 picks a free port). Checkpoints live under `storage_dir`; their TTLs run on
-    `clock` (seconds since the epoch). Without `api_key`, only loopback addresses are served."""
+    `clock` (seconds since the epoch). Without `api_key`, only loopback addresses are served.
+    `weather` (`harness.weather.load_weather`) gives the backend the profile's latency and the
+    HTTP layer its faults; a `die` fault calls `on_die` (by default the process exits at once
+    with status 75, as a crash would, taking a server on a thread down with its process)."""
 
     def __init__(
         self,
@@ -84,19 +90,33 @@ class LocalTinkerServer:
         log_level: str = "warning",
         access_log: bool = False,
         clock: Callable[[], float] = time.time,
+        weather: Weather | None = None,
+        on_die: Callable[[], None] = die,
     ):
         if not models:
             raise ValueError("serve at least one model")
         check_exposure(host, api_key)
-        service = LocalServiceClient(storage_dir, device=device, seed=seed, clock=clock)
+        service = LocalServiceClient(
+            storage_dir,
+            device=device,
+            seed=seed,
+            clock=clock,
+            weather=weather.without_faults() if weather is not None else None,
+        )
         # Loaded now: a bad model fails here, and the first create is fast.
         served = {name: service.base(name)[0] for name in models}
-        self.state = ServerState(service, served, limits)
+        limits = limits or Limits()
+        faults = None
+        if weather is not None and weather.faults:
+            faults = ServerWeather(weather, on_die)
+            logging.getLogger("uvicorn.error").addFilter(QUIET_DROPS)
+        self.state = ServerState(service, served, limits, weather=faults)
         self._socket = _listening_socket(host, port)
         host, port = self._socket.getsockname()[:2]
         self.base_url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        app = create_app(self.state, api_key)
         config = uvicorn.Config(
-            create_app(self.state, api_key),
+            dropping_connections(app) if faults is not None else app,
             log_level=log_level,
             access_log=access_log,
             lifespan="off",

@@ -18,12 +18,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinker import types
 
 from harness.backends.local import LocalSamplingClient, LocalServiceClient, LocalTrainingClient
+from harness.backends.local.futures import run_now
 from harness.backends.local.models import resolve_model_dir
+from harness.weather import Call, Fired
 
 from . import rest
 from .futures import Failure, FutureStore, Outcome, Payload
@@ -35,6 +37,9 @@ from .proto import (
     parse_forward_backward,
     token_count,
 )
+
+if TYPE_CHECKING:
+    from .weather import ServerWeather
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -127,8 +132,10 @@ class ServerState:
         served_models: Mapping[str, Path],
         limits: Limits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        weather: ServerWeather | None = None,
     ):
         self.service = service
+        self.weather = weather
         self.served_models = dict(served_models)
         self.limits = limits = limits or Limits()
         self.futures = FutureStore(limits.hold_s, limits.keep_s)
@@ -213,7 +220,8 @@ class ServerState:
                 optimizer=request.optimizer_config,
             ).result()
 
-        return self._new_model(request.session_id, request.model_seq_id, create, None)
+        fired = self._arrive("create_model")
+        return self._new_model(request.session_id, request.model_seq_id, create, None, fired)
 
     def load_weights(self, request: types.LoadWeightsRequest) -> tuple[str, str]:
         """(request id, model id): a new model from a checkpoint, with or without optimizer."""
@@ -238,7 +246,8 @@ class ServerState:
                 )
             return future.result()
 
-        return self._new_model(request.session_id, request.model_seq_id, load, request.path)
+        fired = self._arrive("load_state")
+        return self._new_model(request.session_id, request.model_seq_id, load, request.path, fired)
 
     def _new_model(
         self,
@@ -246,13 +255,19 @@ class ServerState:
         model_seq_id: int,
         make: Callable[[], LocalTrainingClient],
         loaded_path: str | None,
+        fired: Fired | None = None,
     ) -> tuple[str, str]:
         session = self._session(session_id)
         model_id = f"{session_id}:train:{model_seq_id}"
         if model_seq_id in session.model_seq_ids:  # a resend of a request already taken
+            self._follow_weather(session.model_seq_ids[model_seq_id], fired)
             return session.model_seq_ids[model_seq_id], model_id
         request_id = self.futures.open()
         session.model_seq_ids[model_seq_id] = request_id
+        self._follow_weather(request_id, fired)
+        if not _applied(fired):
+            self.futures.settle(request_id, _NOT_RUN)
+            return request_id, model_id
 
         def register(client: LocalTrainingClient) -> Outcome:
             info = client.get_info().model_copy(update={"model_id": model_id})
@@ -295,13 +310,15 @@ class ServerState:
             method = client.forward if call.forward_only else client.forward_backward
             return method(call.data, call.loss_fn, call.loss_fn_config)
 
-        return self._in_order(message.model_id, message.seq_id, run, _result_payload)
+        fired = self._arrive("forward" if message.forward_only else "forward_backward")
+        return self._in_order(message.model_id, message.seq_id, run, _result_payload, fired)
 
     def optim_step(self, body: dict[str, Any]) -> tuple[str, str]:
         def run(client: LocalTrainingClient):
             return client.optim_step(types.OptimStepRequest.model_validate(body).optim_params)
 
-        return self._in_order(body.get("model_id"), body.get("seq_id"), run, _result_payload)
+        fired = self._arrive("optim_step")
+        return self._in_order(body.get("model_id"), body.get("seq_id"), run, _result_payload, fired)
 
     def save_weights(self, body: dict[str, Any]) -> tuple[str, str]:
         def run(client: LocalTrainingClient):
@@ -312,11 +329,15 @@ class ServerState:
                 request.path, request.ttl_seconds, request.overwrite, request.user_metadata
             )
 
-        return self._in_order(body.get("model_id"), body.get("seq_id"), run, _result_payload)
+        fired = self._arrive("save_state")
+        return self._in_order(
+            body.get("model_id"), body.get("seq_id"), run, self._saved(fired), fired
+        )
 
     def save_weights_for_sampler(self, body: dict[str, Any]) -> tuple[str, str]:
         """Named: sampler weights saved to a path. Unnamed: a sampler over the current weights
         (what `save_weights_and_get_sampling_client` asks for)."""
+        fired = self._arrive("save_weights_for_sampler")
         if body.get("path") is not None:
 
             def save(client: LocalTrainingClient):
@@ -325,7 +346,9 @@ class ServerState:
                     request.path, request.ttl_seconds, request.user_metadata
                 )
 
-            return self._in_order(body.get("model_id"), body.get("seq_id"), save, _result_payload)
+            return self._in_order(
+                body.get("model_id"), body.get("seq_id"), save, self._saved(fired), fired
+            )
 
         session_id = self.model(body.get("model_id")).session_id
 
@@ -344,7 +367,7 @@ class ServerState:
                 types.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id)
             )
 
-        return self._in_order(body.get("model_id"), body.get("seq_id"), snapshot, register)
+        return self._in_order(body.get("model_id"), body.get("seq_id"), snapshot, register, fired)
 
     def _in_order(
         self,
@@ -352,15 +375,21 @@ class ServerState:
         seq_id: int | None,
         run: Callable[[LocalTrainingClient], Any],
         settle: Callable[[Any], Outcome],
+        fired: Fired | None = None,
     ) -> tuple[str, str]:
         """Queue `run(client)` (which returns a backend future) behind the model's earlier
-        requests; errors in `run` itself fail the request in its turn."""
+        requests; errors in `run` itself fail the request in its turn. A fault `fired`
+        before it is applied makes it take its turn without running."""
         if not isinstance(model_id, str) or not isinstance(seq_id, int):
             raise HttpError(400, "a training request needs a model_id and an integer seq_id")
         model = self.model(model_id)
         if (existing := model.queue.request_id(seq_id)) is not None:
+            self._follow_weather(existing, fired)  # a fault on a resend strikes what it resends
             return existing, model_id
         request_id = self.futures.open()
+        self._follow_weather(request_id, fired)
+        if not _applied(fired):
+            run, settle = _skipped, lambda _: _NOT_RUN
 
         def start() -> None:
             try:
@@ -436,12 +465,17 @@ class ServerState:
                 400, "asample needs a sampling_session_id and a seq_id (create a sampler first)"
             )
         sampler = self.sampler(request.sampling_session_id)
+        fired = self._arrive("sample")
         request_id = self.futures.open()
+        self._follow_weather(request_id, fired)
         prefix = f"{sampler.sampler_id}:{request.seq_id}"
         # Judged now, so a huge num_samples never becomes a list of ids; failed in its turn.
         refusal = sample_size_refusal(request, self.limits)
 
         def start() -> None:
+            if not _applied(fired):
+                self.futures.settle(request_id, _NOT_RUN)
+                return
             try:
                 if refusal is not None:
                     raise ValueError(refusal)
@@ -499,6 +533,41 @@ class ServerState:
     def set_checkpoint_ttl(self, run_id: str, checkpoint_id: str, ttl: int | None) -> None:
         path = f"tinker://{run_id}/{checkpoint_id}"
         _checkpoint_call(lambda p: self.service.store.set_ttl(p, ttl), path)
+
+    # -- weather ------------------------------------------------------------------------------
+
+    def _arrive(self, call: Call) -> Fired | None:
+        """The fault that strikes this request (one `before` with an HTTP effect strikes
+        now: an HttpError or a dropped connection is raised, or the process dies)."""
+        return self.weather.arrive(call) if self.weather is not None else None
+
+    def _follow_weather(self, request_id: str, fired: Fired | None) -> None:
+        if self.weather is not None:
+            self.weather.follow(request_id, fired)
+
+    async def answered(self, request_id: str) -> None:
+        """Before a request's POST answers: a fault after it was applied strikes now."""
+        if self.weather is not None:
+            await self.weather.answered(request_id, lambda: self.futures.finished(request_id))
+
+    async def retrieved(self, request_id: str, outcome: Outcome | None) -> Outcome | None:
+        if self.weather is None:
+            return outcome
+        return await self.weather.retrieved(request_id, outcome, self.futures.hold)
+
+    def _saved(self, fired: Fired | None) -> Callable[[Any], Outcome]:
+        """A save's result as it goes back; a `checkpoint_expired` fault first lets the
+        checkpoint it wrote expire as the profile says."""
+        if fired is None or fired.fault.error != "checkpoint_expired" or self.weather is None:
+            return _result_payload
+        seconds = self.weather.weather.seconds(fired.fault.expires_after_s)
+        store = self.service.store
+
+        def expire(result: Any) -> Outcome:
+            store.set_expires_at(result.path, store.now() + seconds)
+            return _result_payload(result)
+
+        return expire
 
     # -- results ------------------------------------------------------------------------------
 
@@ -584,6 +653,18 @@ def sample_size_refusal(request: types.SampleRequest, limits: Limits) -> str | N
             f" {limits.max_sample_tokens:,}"
         )
     return None
+
+
+# What a request a fault kept from running settles with; the fault decides what polls answer.
+_NOT_RUN = Payload(b"{}", JSON)
+
+
+def _applied(fired: Fired | None) -> bool:
+    return fired is None or fired.fault.when == "after"
+
+
+def _skipped(client: LocalTrainingClient):
+    return run_now(lambda: None)
 
 
 def failure(error: BaseException) -> Failure:

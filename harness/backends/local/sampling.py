@@ -1,10 +1,11 @@
 """The sampling client: `sample` and `compute_logprobs` over one fixed set of weights."""
 
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tinker import types
@@ -12,6 +13,9 @@ from tinker.lib.public_interfaces.api_future import APIFuture, AwaitableConcurre
 
 from .engine import GenerationEngine, Request, RowParams, SamplerModel
 from .futures import run_now
+
+if TYPE_CHECKING:
+    from .weather import Calm, LocalWeather
 
 
 def _is_token_id(item: object) -> bool:
@@ -96,11 +100,13 @@ class LocalSamplingClient:
         sampler: SamplerModel,
         base_model: str,
         next_seed: Callable[[], int],
+        weather: "LocalWeather | Calm",
     ):
         self._engine = engine
         self._sampler = sampler
         self._base_model = base_model
         self._next_seed = next_seed
+        self._weather = weather
         self._sampling_session_id = f"local-sampler-{uuid.uuid4().hex[:12]}"
         self._request_ids = itertools.count()
 
@@ -130,7 +136,6 @@ class LocalSamplingClient:
                 "prompt_logprobs_last_n applies to prompt logprobs; set include_prompt_logprobs"
             )
         seed = self._next_seed()  # drawn at submission, so unseeded runs replay in order
-        future: Future = Future()
         request_id = next(self._request_ids)
 
         def make_request() -> Request:
@@ -147,14 +152,19 @@ class LocalSamplingClient:
                 prompt_logprobs=include_prompt_logprobs,
                 prompt_logprobs_last_n=last_n,
                 sequence_prefix=f"{self._sampling_session_id}:{request_id}",
-                future=future,
+                future=Future(),
             )
 
         checked = run_now(make_request)
         if checked.future().exception() is not None:
             return checked
-        self._engine.submit(self._sampler, checked.result())
-        return AwaitableConcurrentFuture(future)
+
+        def submit() -> APIFuture[types.SampleResponse]:
+            request = dataclasses.replace(checked.result(), future=Future())
+            self._engine.submit(self._sampler, request)
+            return AwaitableConcurrentFuture(request.future)
+
+        return self._weather.sample(submit)
 
     def compute_logprobs(
         self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None

@@ -13,6 +13,8 @@ from tinker import types
 from tinker.lib.public_interfaces.api_future import APIFuture
 from transformers import AutoTokenizer, PreTrainedModel
 
+from harness.weather import Weather
+
 from .engine import GenerationEngine, SamplerModel
 from .futures import run_now
 from .models import (
@@ -28,6 +30,7 @@ from .models import (
 from .sampling import LocalSamplingClient
 from .storage import CheckpointStore, read_meta
 from .training import OPTIMIZER_FILE, LocalTrainingClient
+from .weather import Calm, LocalWeather, local_weather
 
 _CPU_BUDGET_BYTES = 4 << 30
 
@@ -75,10 +78,15 @@ def _spec(meta: dict[str, Any]) -> LoraSpec | None:
     return LoraSpec(**meta["lora"]) if meta["lora"] is not None else None
 
 
-def _close_all(engine: GenerationEngine, trainers: "weakref.WeakSet[LocalTrainingClient]") -> None:
+def _close_all(
+    engine: GenerationEngine,
+    trainers: "weakref.WeakSet[LocalTrainingClient]",
+    weather: LocalWeather | Calm,
+) -> None:
     engine.close()
     for trainer in list(trainers):
         trainer.close()
+    weather.close()  # after the work: what it still holds back fails as closed
 
 
 class LocalServiceClient:
@@ -87,7 +95,8 @@ class LocalServiceClient:
     Everything it saves lives under `storage_dir`; a new process with the same `storage_dir`
     resolves every `tinker://` path. `seed` fixes what Tinker leaves random (LoRA init when
     `seed=None`, unseeded sampling), so whole runs replay exactly. `clock` (seconds since the
-    epoch) is what checkpoint TTLs run on.
+    epoch) is what checkpoint TTLs run on. `weather` (`harness.weather.load_weather`) makes
+    calls take the cloud's time and fail as its profile says.
     """
 
     def __init__(
@@ -99,8 +108,10 @@ class LocalServiceClient:
         seed: int | None = None,
         memory_budget_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        weather: Weather | None = None,
     ):
         self.store = CheckpointStore(storage_dir, clock)
+        self.weather = local_weather(weather, self.store)
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype
         self._rng = random.Random(seed)
@@ -112,7 +123,7 @@ class LocalServiceClient:
         self._load_lock = threading.Lock()
         self._trainers: weakref.WeakSet[LocalTrainingClient] = weakref.WeakSet()
         # Also at interpreter exit, for a client nobody closed.
-        weakref.finalize(self, _close_all, self._engine, self._trainers)
+        weakref.finalize(self, _close_all, self._engine, self._trainers, self.weather)
 
     def __enter__(self) -> "LocalServiceClient":
         return self
@@ -126,7 +137,7 @@ class LocalServiceClient:
         detail: str | None = None,
     ) -> APIFuture[None]:
         """Stop sampling and training: what is queued fails, what runs is waited for."""
-        _close_all(self._engine, self._trainers)
+        _close_all(self._engine, self._trainers, self.weather)
         return run_now(lambda: None)
 
     # -- models -------------------------------------------------------------------------------
@@ -197,7 +208,7 @@ class LocalServiceClient:
             max_context=getattr(lm.config.get_text_config(), "max_position_embeddings", None),
             kv_bytes_per_token=_kv_bytes_per_token(lm),
         )
-        return LocalSamplingClient(self._engine, sampler, base_model, self.next_seed)
+        return LocalSamplingClient(self._engine, sampler, base_model, self.next_seed, self.weather)
 
     # -- the ServiceClient surface ------------------------------------------------------------
 
@@ -217,7 +228,11 @@ class LocalServiceClient:
             raise ValueError("At least one of train_mlp, train_attn, or train_unembed must be True")
         seed = seed if seed is not None else self.next_seed()
         spec = LoraSpec(rank, seed, train_mlp, train_attn, train_unembed)
-        return run_now(lambda: self._training_client(base_model, spec, optimizer=optimizer))
+        return self.weather.service(
+            "create_model",
+            lambda: run_now(lambda: self._training_client(base_model, spec, optimizer=optimizer)),
+            load=False,
+        )
 
     def _from_state(
         self,
@@ -253,8 +268,14 @@ class LocalServiceClient:
         optimizer: types.OptimizerConfig | None = None,
     ) -> APIFuture[LocalTrainingClient]:
         """A new run with the checkpoint's adapter weights and a fresh optimizer."""
-        return run_now(
-            lambda: self._from_state(path, base_model, with_optimizer=False, optimizer=optimizer)
+        return self.weather.service(
+            "load_state",
+            lambda: run_now(
+                lambda: self._from_state(
+                    path, base_model, with_optimizer=False, optimizer=optimizer
+                )
+            ),
+            load=True,
         )
 
     def create_training_client_from_state_with_optimizer(
@@ -265,7 +286,11 @@ class LocalServiceClient:
         weights_access_token: str | None = None,
     ) -> APIFuture[LocalTrainingClient]:
         """A new run with the checkpoint's adapter weights and AdamW state (moments, step)."""
-        return run_now(lambda: self._from_state(path, base_model, with_optimizer=True))
+        return self.weather.service(
+            "load_state",
+            lambda: run_now(lambda: self._from_state(path, base_model, with_optimizer=True)),
+            load=True,
+        )
 
     def create_sampling_client(
         self,
@@ -289,7 +314,7 @@ class LocalServiceClient:
             load_weights(model, directory)
             return self.sampling_client_for(frozen_snapshot(model), name, model_dir)
 
-        return run_now(create)
+        return self.weather.service(None, lambda: run_now(create), load=model_path is not None)
 
     # -- beyond Tinker ------------------------------------------------------------------------
 

@@ -182,9 +182,17 @@ class CheckpointStore:
 
     def set_ttl(self, path: str, ttl_seconds: int | None) -> None:
         """Let the checkpoint at `path` expire `ttl_seconds` from now (None: never)."""
+        self.set_expires_at(path, self.lifetime(ttl_seconds)["expires_at"])
+
+    def set_expires_at(self, path: str, expires_at: float | None) -> None:
+        """Let the checkpoint at `path` expire at `expires_at` on the store's clock (None:
+        never), whatever the minimum TTL (weather profiles expire checkpoints early)."""
         directory = self.resolve(path)
-        meta = read_meta(directory)
-        write_meta(directory, {**meta, "expires_at": self.lifetime(ttl_seconds)["expires_at"]})
+        write_meta(directory, {**read_meta(directory), "expires_at": expires_at})
+
+    def now(self) -> float:
+        """The store's clock: what checkpoint lifetimes run on."""
+        return self._clock()
 
 
 def _iso(timestamp: float) -> str:

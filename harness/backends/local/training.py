@@ -5,15 +5,17 @@ import os
 import shutil
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 from tinker import types
 from tinker.lib.public_interfaces.api_future import APIFuture
 from tinker.types.optimizer import OptimParamsBase
+
+from harness.weather import Call
 
 from . import batches, losses
 from .futures import OrderedWorker
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from .service import LocalServiceClient
 
 OPTIMIZER_FILE = "optimizer.pt"
+T = TypeVar("T")
 
 
 def saved_optimizer_steps(storage_dir: str | Path, state_path: str) -> int:
@@ -74,6 +77,7 @@ class LocalTrainingClient:
         self._vocab_size = self._lm.get_output_embeddings().weight.shape[0]
         self._tokens_per_chunk = service.train_tokens_per_chunk(self._lm)
         self._worker = OrderedWorker(f"local-train-{run_id}")
+        self._timeline = service.weather.timeline()
         weakref.finalize(self, self._worker.shutdown)
         config = self._lm.config
         self._info = types.GetInfoResponse(
@@ -122,7 +126,12 @@ class LocalTrainingClient:
         if not data:
             raise ValueError("No data provided")
         data = list(data)
-        return self._worker.submit(lambda: self._fwd(data, loss_fn, loss_fn_config, backward))
+        call = "forward_backward" if backward else "forward"
+        return self._submit(call, lambda: self._fwd(data, loss_fn, loss_fn_config, backward))
+
+    def _submit(self, call: Call, fn: Callable[[], T]) -> APIFuture[T]:
+        """Queue `fn` behind this client's earlier calls, answered as the weather says."""
+        return self._service.weather.training(call, self._timeline, lambda: self._worker.submit(fn))
 
     def _fwd(
         self,
@@ -180,7 +189,7 @@ class LocalTrainingClient:
             metrics = adam_step(self._optimizer, self._params, params)
             return types.OptimStepResponse(metrics=metrics)
 
-        return self._worker.submit(step)
+        return self._submit("optim_step", step)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -238,10 +247,11 @@ class LocalTrainingClient:
     ) -> APIFuture[types.SaveWeightsResponse]:
         """Save adapter weights and optimizer state; resume with
         `create_training_client_from_state_with_optimizer`."""
-        return self._worker.submit(
+        return self._submit(
+            "save_state",
             lambda: types.SaveWeightsResponse(
                 path=self._save("weights", name, overwrite, ttl_seconds, user_metadata)
-            )
+            ),
         )
 
     def save_weights_for_sampler(
@@ -250,10 +260,11 @@ class LocalTrainingClient:
         ttl_seconds: int | None = None,
         user_metadata: dict[str, str] | None = None,
     ) -> APIFuture[types.SaveWeightsForSamplerResponse]:
-        return self._worker.submit(
+        return self._submit(
+            "save_weights_for_sampler",
             lambda: types.SaveWeightsForSamplerResponse(
                 path=self._save("sampler_weights", name, True, ttl_seconds, user_metadata)
-            )
+            ),
         )
 
     def save_weights_and_get_sampling_client(
@@ -266,10 +277,11 @@ class LocalTrainingClient:
         """A sampling client over a snapshot of the current weights (kept in memory)."""
         if kind != "snapshot":
             raise NotImplementedError(f"the local backend implements kind='snapshot' only: {kind}")
-        return self._worker.submit(
+        return self._submit(
+            "save_weights_for_sampler",
             lambda: self._service.sampling_client_for(
                 frozen_snapshot(self._model), self._base_model, self._model_dir
-            )
+            ),
         )
 
     def create_sampling_client(
