@@ -20,6 +20,7 @@ from typing import Any
 
 import tenacity
 import tinker
+from tinker.lib.retryable_exception import RetryableException
 
 
 class TrainingFault(RuntimeError):
@@ -38,15 +39,23 @@ class RunFailed(RuntimeError):
 
 # What a service answers when a request itself is wrong: the SDK's errors, and the local
 # backend's (it raises these for invalid requests, as the server reports them to the SDK).
-REFUSALS = (tinker.TinkerError, ValueError, TypeError, LookupError, NotImplementedError, OSError)
+REFUSALS = (
+    tinker.TinkerError,
+    RetryableException,
+    ValueError,
+    TypeError,
+    LookupError,
+    NotImplementedError,
+    OSError,
+)
 
 
 def is_transient(error: BaseException) -> bool:
     """Whether the same request may succeed later: deadlines, connections, 408/409/429/5xx,
     futures that failed on the server's side. A request the service refused as the user's
     mistake (other 4xx, category `user`) fails the same way every time."""
-    if isinstance(error, TimeoutError | tinker.APIConnectionError):
-        return True
+    if isinstance(error, TimeoutError | tinker.APIConnectionError | RetryableException):
+        return True  # RetryableException: the SDK's "promise expired" (410) on a result
     if isinstance(error, tinker.APIStatusError):
         return error.status_code in (408, 409, 429) or error.status_code >= 500
     if isinstance(error, tinker.RequestFailedError):
