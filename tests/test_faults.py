@@ -16,23 +16,10 @@ from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
 from harness.loop import train
 from harness.resilience import RunFailed, describe
-from tests.support.faults import Faulty, failed
+from tests.support.faults import FAULT_RUN_FLAGS, Faulty, failed
 from tests.support.varied_reward_run import varied_reward
 
-FLAGS = [
-    "--backend=local",
-    "--n_grpo_steps=4",
-    "--rollout_batch_size=4",
-    "--group_size=2",
-    "--save_every=4",
-    "--rolling_save_every=2",
-    "--eval_every=2",
-    "--eval_n=2",
-    "--sampling_max_tokens=12",
-    "--learning_rate=1e-3",
-    "--retry_backoff_s=0",
-    "--request_timeout_s=60",
-]
+FLAGS = ["--backend=local", *FAULT_RUN_FLAGS, "--request_timeout_s=60"]
 
 
 def comparable(rows: list[dict]) -> list[dict]:

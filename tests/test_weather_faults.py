@@ -13,24 +13,16 @@ from harness.backends.local.training import saved_optimizer_steps
 from harness.checkpoints import last_checkpoint
 from harness.cli import main
 from harness.jsonl import read_json_lines
+from tests.support.faults import FAULT_RUN_FLAGS, FAULT_RUN_STEPS
 from tests.support.varied_reward_run import varied_reward
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = 4
+STEPS = FAULT_RUN_STEPS
 FLAGS = [
     "--backend=local-server",
     f"--model_name={REPO / 'fixtures' / 'tiny-qwen3'}",
     f"--dataset_path={REPO / 'fixtures' / 'gsm8k'}",
-    f"--n_grpo_steps={STEPS}",
-    "--rollout_batch_size=4",
-    "--group_size=2",
-    "--save_every=4",
-    "--rolling_save_every=2",
-    "--eval_every=2",
-    "--eval_n=2",
-    "--sampling_max_tokens=12",
-    "--learning_rate=1e-3",
-    "--retry_backoff_s=0",
+    *FAULT_RUN_FLAGS,
     "--request_timeout_s=5",
 ]
 

@@ -16,6 +16,21 @@ import tinker
 from tinker.lib.public_interfaces.api_future import AwaitableConcurrentFuture
 
 Plan = dict[tuple[str, int], str]
+FAULT_RUN_STEPS = 4
+# The run the fault tests disturb: 4 steps, a rolling save every 2, the final checkpoint at 4;
+# resends at once (no backoff); the backend and the deadline are each test's.
+FAULT_RUN_FLAGS = [
+    f"--n_grpo_steps={FAULT_RUN_STEPS}",
+    "--rollout_batch_size=4",
+    "--group_size=2",
+    "--save_every=4",
+    "--rolling_save_every=2",
+    "--eval_every=2",
+    "--eval_n=2",
+    "--sampling_max_tokens=12",
+    "--learning_rate=1e-3",
+    "--retry_backoff_s=0",
+]
 
 
 def failed(category: str = "server") -> AwaitableConcurrentFuture:
