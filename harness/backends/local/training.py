@@ -28,7 +28,7 @@ from .models import (
     trainable_parameters,
 )
 from .optimizer import adam_step, new_optimizer
-from .storage import CheckpointStore, Kind, TinkerPath, check_name, write_meta
+from .storage import CheckpointStore, Kind, TinkerPath, check_name, parse, write_meta
 
 if TYPE_CHECKING:
     from .sampling import LocalSamplingClient
@@ -41,7 +41,8 @@ T = TypeVar("T")
 def saved_optimizer_steps(storage_dir: str | Path, state_path: str) -> int:
     """How many steps the optimizer had taken when `state_path` (from save_state) was saved
     under `storage_dir`: the count AdamW keeps with its moments, not one the caller kept."""
-    directory = CheckpointStore(storage_dir).resolve(state_path)
+    # Read as it lies, lifetime aside: an inspection must not delete what expired since.
+    directory = CheckpointStore(storage_dir).directory(parse(state_path))
     state = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     steps = {int(param_state["step"]) for param_state in state["state"].values()}
     return steps.pop() if len(steps) == 1 else max(steps, default=0)
