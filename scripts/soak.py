@@ -74,9 +74,10 @@ class Args:
     """A weather profile for the server (e.g. fixtures/weather/stormy.toml); default: none."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Outcome:
-    equal: bool
+    finished: bool
+    """The command ended with exit code 0 within RERUNS reruns."""
     applied_twice: int
     injected: int
     recovered: int
@@ -193,7 +194,7 @@ def one_run(folder: Path, rng: random.Random | None, weather: str | None) -> Out
     checkpoint = last_checkpoint(folder / "run") if rc == 0 else None
     steps = saved_optimizer_steps(folder / "storage", checkpoint.state_path) if checkpoint else 0
     return Outcome(
-        equal=rc == 0,
+        finished=rc == 0,
         applied_twice=max(steps - STEPS, 0),
         injected=injected,
         recovered=len(RECOVERED.findall(log)),
@@ -204,31 +205,31 @@ def one_run(folder: Path, rng: random.Random | None, weather: str | None) -> Out
 def main(args: Args) -> None:
     out = Path(args.out)
     base = one_run(out / "undisturbed", None, None)
-    if not base.equal or base.applied_twice:
+    if not base.finished or base.applied_twice:
         raise SystemExit(f"the undisturbed run failed; see {out / 'undisturbed'}")
     expected = read_json_lines(out / "undisturbed" / "run" / "metrics.jsonl")
-    totals = Outcome(equal=True, applied_twice=0, injected=0, recovered=0, reruns=0)
-    equal = 0
+    outcomes, equal = [], 0
     for i in range(args.runs):
         folder = out / f"run{i:03d}"
         outcome = one_run(folder, random.Random(f"{args.seed}:{i}"), args.weather)
-        outcome.equal = outcome.equal and same_run(
+        same = outcome.finished and same_run(
             read_json_lines(folder / "run" / "metrics.jsonl"), expected
         )
-        equal += outcome.equal
-        totals.applied_twice += outcome.applied_twice
-        totals.injected += outcome.injected
-        totals.recovered += outcome.recovered
-        totals.reruns += outcome.reruns
+        outcomes.append(outcome)
+        equal += same
         print(
-            f"run {i:3d}: {'equal' if outcome.equal else 'DIFFERENT'}, {outcome.injected} faults,"
+            f"run {i:3d}: {'equal' if same else 'DIFFERENT'}, {outcome.injected} faults,"
             f" {outcome.recovered} recovered in process, {outcome.reruns} reruns",
             flush=True,
         )
+
+    def total(field: str) -> int:
+        return sum(getattr(outcome, field) for outcome in outcomes)
+
     print(
-        f"soak: {args.runs} runs, {equal} equal to the undisturbed run, {totals.applied_twice}"
-        f" steps applied twice, {totals.injected} faults injected, {totals.recovered} recovered"
-        f" in process, {totals.reruns} resumed by rerun"
+        f"soak: {args.runs} runs, {equal} equal to the undisturbed run, {total('applied_twice')}"
+        f" steps applied twice, {total('injected')} faults injected, {total('recovered')}"
+        f" recovered in process, {total('reruns')} resumed by rerun"
     )
 
 
