@@ -25,10 +25,11 @@ from typing import Any, Literal, cast
 Kind = Literal["weights", "sampler_weights"]
 SCHEME = "tinker://"
 KINDS: tuple[Kind, ...] = ("weights", "sampler_weights")
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# \Z, not $: $ also matches before a final newline, which would let "name\n" through.
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 # Cloud run ids look like `<session>:train:<n>`; accepting ':' lets such a path fail as "not
 # found here" rather than as malformed.
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 META_FILE = "checkpoint.json"
 # Tinker's server refuses shorter lifetimes; the same floor keeps a local run honest.
 MIN_TTL_SECONDS = 3600
