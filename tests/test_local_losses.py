@@ -1,4 +1,4 @@
-"""The local backend's losses equal the formulas of docs/DESIGN.md §3 (and, for dro and gspo, those of
+"""The local backend's losses equal docs/DESIGN.md §3's formulas (and, for dro and gspo, those of
 Tinker's documentation, tinker-docs.thinkingmachines.ai/tinker/losses/), values and gradients."""
 
 import numpy as np
