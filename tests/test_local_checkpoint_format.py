@@ -166,7 +166,8 @@ def test_the_metadata_round_trips_and_carries_its_format_version(tmp_path):
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        ("{not json", "not JSON"),
+        ("{not json", "not JSON: Expecting property name enclosed in double quotes at line 1"),
+        (b"\xff\xfe", "not text"),
         ("[1, 2]", "a JSON list, not an object"),
         (json.dumps({"kind": "weights", "base_model": "m"}), "lacks model_dir, lora"),
         (json.dumps({**first_layout("adapter", "m"), "lora": None}), "kind 'adapter'"),
@@ -187,7 +188,8 @@ def test_a_damaged_or_foreign_checkpoint_fails_in_one_line_naming_its_file(
     path = TinkerPath("local-someone-train-0", "weights", "bad")
     directory = service.store.directory(path)
     directory.mkdir(parents=True)
-    (directory / META_FILE).write_text(content)
+    file = directory / META_FILE
+    file.write_bytes(content) if isinstance(content, bytes) else file.write_text(content)
     for load in (
         service.create_training_client_from_state,
         service.create_training_client_from_state_with_optimizer,
@@ -197,7 +199,8 @@ def test_a_damaged_or_foreign_checkpoint_fails_in_one_line_naming_its_file(
             load(str(path)).result()
         message = str(raised.value)
         assert "\n" not in message and reason in message
-        assert message.startswith(f"{directory / META_FILE} is not the metadata of a local")
+        assert message.startswith("unreadable checkpoint (")
+        assert message.endswith(f"): {directory / META_FILE}")
     assert directory.is_dir()  # nothing is deleted for being unreadable
 
 

@@ -134,11 +134,14 @@ def read_meta(directory: Path) -> CheckpointMeta:
     file = directory / META_FILE
     try:
         return meta_from_json(json.loads(file.read_text()))
-    except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is a ValueError
-        reason = f"not JSON ({error})" if isinstance(error, json.JSONDecodeError) else error
-        raise CheckpointFormatError(
-            f"{file} is not the metadata of a local checkpoint: {reason}"
-        ) from None
+    except json.JSONDecodeError as error:
+        reason = f"not JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+    except UnicodeDecodeError:
+        reason = "not text"
+    except ValueError as error:
+        reason = str(error)
+    # The reason first: the file's path is long, and errors are shown cut to their start.
+    raise CheckpointFormatError(f"unreadable checkpoint ({reason}): {file}")
 
 
 # -- weights and optimizer state --------------------------------------------------------------
