@@ -30,7 +30,8 @@ from safetensors.torch import load_file, load_model, save_model
 
 from .models import LoraSpec
 
-# 1 added `format_version` to the metadata; version-less metadata (0) has the same keys.
+# Version 1 added `format_version` itself: metadata without one (read as version 0, written
+# before) has the same keys, so it loads as it is.
 FORMAT_VERSION = 1
 META_FILE = "checkpoint.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -65,9 +66,7 @@ class CheckpointMeta:
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        row = dataclasses.asdict(self)
-        row["lora"] = self.lora.to_json() if self.lora is not None else None
-        return row
+        return dataclasses.asdict(self)  # the LoRA spec too, as its fields
 
 
 # The keys a checkpoint may lack (older ones do), with the JSON types they hold.

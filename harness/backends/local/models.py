@@ -12,7 +12,7 @@ import functools
 import inspect
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,6 @@ class LoraSpec:
     train_mlp: bool = True
     train_attn: bool = True
     train_unembed: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def resolve_model_dir(base_model: str) -> Path:
