@@ -1,4 +1,4 @@
-"""The GRPO run: on-policy steps through a Tinker training client, as DESIGN §2 lists them.
+"""The GRPO run: on-policy steps through a Tinker training client, as docs/DESIGN.md §2 lists them.
 
 Each step:
   1. save the current weights and get a fresh sampling client,

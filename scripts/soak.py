@@ -33,7 +33,7 @@ from pathlib import Path
 
 import tyro
 
-from harness.backends.local.training import saved_optimizer_steps
+from harness.backends.local.storage import saved_optimizer_steps
 from harness.checkpoints import last_checkpoint
 from harness.jsonl import read_json_lines
 

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.backends.cassette import first_difference, match_key
+from harness.backends.cassette_compare import first_difference, match_key
 from tests.support.strategies import encoded_values, nudged
 
 

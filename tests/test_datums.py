@@ -140,7 +140,7 @@ def test_tinker_ppo_loss_on_the_datum_equals_grpo_clip_loss(rollout, cliprange, 
     target_logprobs_N = torch.tensor(
         [logprobs[i - (n - s)] + shifts[i] if i >= n - s else -shifts[i] for i in range(n)]
     )
-    # DESIGN section 3, the `ppo` loss from the Datum's own fields.
+    # docs/DESIGN.md §3, the `ppo` loss from the Datum's own fields.
     sampler_logprobs_N = datum.loss_fn_inputs["logprobs"].to_torch()
     advantages_N = datum.loss_fn_inputs["advantages"].to_torch()
     ratio_N = torch.exp(target_logprobs_N - sampler_logprobs_N)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends.local import LocalServiceClient
-from harness.backends.local.training import saved_optimizer_steps
+from harness.backends.local.storage import saved_optimizer_steps
 from harness.checkpoints import last_checkpoint, resume_points
 from harness.cli import main, parse_config
 from harness.jsonl import read_json_lines
@@ -161,7 +161,7 @@ def test_a_rolling_save_releases_the_one_before_it_through_the_sdk(
 def test_a_full_disk_is_one_line_leaves_no_staging_files_and_a_rerun_resumes(
     undisturbed, tmp_path, tiny_model_dir, gsm8k_dir, capsys, monkeypatch
 ):
-    from harness.backends.local import training
+    from harness.backends.local import checkpoint_format
 
     def full_disk(model, directory):
         (directory / "adapter_model.safetensors").write_bytes(b"\0" * 100)  # partly written
@@ -170,7 +170,7 @@ def test_a_full_disk_is_one_line_leaves_no_staging_files_and_a_rerun_resumes(
     flags = [*FLAGS, f"--model_name={tiny_model_dir}", f"--dataset_path={gsm8k_dir}",
              f"--log_path={tmp_path}"]  # fmt: skip
     with monkeypatch.context() as patch:
-        patch.setattr(training, "save_weights", full_disk)
+        patch.setattr(checkpoint_format, "save_weights", full_disk)
         assert main(flags, reward_fn=varied_reward) == 1
     err = capsys.readouterr().err
     assert "no space left writing tinker://" in err and "free space and rerun" in err

@@ -1,4 +1,4 @@
-"""The local backend's losses equal DESIGN section 3's formulas (and, for dro and gspo, those of
+"""The local backend's losses equal docs/DESIGN.md §3's formulas (and, for dro and gspo, those of
 Tinker's documentation, tinker-docs.thinkingmachines.ai/tinker/losses/), values and gradients."""
 
 import numpy as np
@@ -18,7 +18,7 @@ BETA = 0.3  # dro's option, which has no documented default
 
 
 def design_loss(name: str, target_lp, inputs: dict, lo: float = 0.8, hi: float = 1.2):
-    """DESIGN section 3 and the docs, written out independently of the backend, for one Datum
+    """docs/DESIGN.md §3 and Tinker's docs, written out independently of the backend, for one Datum
     (1-D tensors)."""
     if name == "cross_entropy":
         return -(target_lp * inputs["weights"]).sum()

@@ -10,14 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.backends.local.batches import chunks
-from harness.backends.local.engine import (
-    _SAMPLING_BYTES_PER_VOCAB_ENTRY,
-    Request,
-    RowParams,
-    SamplerModel,
-    batches,
-)
-from harness.backends.local.storage import KINDS, SCHEME, TinkerPath, check_name, parse
+from harness.backends.local.budget import sampling_row_bytes
+from harness.backends.local.checkpoint_format import KINDS
+from harness.backends.local.engine import Request, RowParams, SamplerModel, batches
+from harness.backends.local.storage import SCHEME, TinkerPath, check_name, parse
 from tests.support.strategies import PATH_TEXT, RUN_IDS, SEGMENTS
 
 # -- chunks of a forward pass -------------------------------------------------------------------
@@ -64,8 +60,9 @@ def test_batches_hold_every_sample_once_in_order_within_the_budget(
     sampler = sampler_model(vocab_size, kv_bytes_per_token)
 
     def row_bytes(r: Request) -> int:
-        tokens = len(r.prompt) + r.params.max_tokens
-        return kv_bytes_per_token * tokens + vocab_size * _SAMPLING_BYTES_PER_VOCAB_ENTRY
+        return sampling_row_bytes(
+            kv_bytes_per_token, vocab_size, len(r.prompt), r.params.max_tokens
+        )
 
     packed = batches(sampler, requests, budget)
     rows = [(id(r), sample) for batch in packed for r, samples in batch for sample in samples]

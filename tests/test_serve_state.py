@@ -12,9 +12,9 @@ import pytest
 import tinker
 from tinker import types
 
-from harness.backends import local_server
 from harness.backends.local import LocalServiceClient
 from harness.serve import Limits, LocalTinkerServer
+from harness.serve import client as local_server
 from harness.serve.state import HttpError, ServerState
 from tests.support.serve import KEY, MODEL, sdk_client, start_server
 from tests.support.timers import FakeTimers

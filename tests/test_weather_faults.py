@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.local.training import saved_optimizer_steps
+from harness.backends.local.storage import saved_optimizer_steps
 from harness.checkpoints import last_checkpoint
 from harness.cli import main
 from harness.jsonl import read_json_lines

@@ -22,14 +22,14 @@ _CHECKPOINT_TYPES: dict[str, types.CheckpointType] = {
 
 
 def checkpoint(record: Saved) -> types.Checkpoint:
-    expires_at = record.meta.get("expires_at")
+    expires_at = record.meta.expires_at
     return types.Checkpoint(
         checkpoint_id=f"{record.path.kind}/{record.path.name}",
         checkpoint_type=_CHECKPOINT_TYPES[record.path.kind],
         time=_time(record.saved_at),
         tinker_path=str(record.path),
         size_bytes=record.size_bytes,
-        user_metadata=record.meta.get("user_metadata"),
+        user_metadata=record.meta.user_metadata,
         expires_at=None if expires_at is None else _time(expires_at),
     )
 
@@ -41,13 +41,13 @@ def checkpoints_newest_first(records: Sequence[Saved]) -> list[types.Checkpoint]
 def training_run(run_id: str, records: Sequence[Saved]) -> types.TrainingRun:
     """The run `records` (its checkpoints, at least one) describe."""
     latest = max(records, key=lambda r: r.saved_at)
-    lora = latest.meta.get("lora")
+    lora = latest.meta.lora
     return types.TrainingRun(
         training_run_id=run_id,
-        base_model=latest.meta["base_model"],
+        base_model=latest.meta.base_model,
         model_owner=OWNER,
         is_lora=lora is not None,
-        lora_rank=None if lora is None else lora["rank"],
+        lora_rank=None if lora is None else lora.rank,
         last_request_time=_time(latest.saved_at),
         last_checkpoint=_latest(records, "weights"),
         last_sampler_checkpoint=_latest(records, "sampler_weights"),

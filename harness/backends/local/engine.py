@@ -20,6 +20,7 @@ import torch
 from tinker import types
 from transformers import PreTrainedModel
 
+from .budget import sampling_row_bytes
 from .decoding import next_tokens, row_keys, row_uniforms
 from .futures import settle
 from .kv_cache import reserved_cache
@@ -28,8 +29,6 @@ from .models import forward
 
 SETTLE_S = 0.005
 MAX_SETTLE_S = 0.1
-# Logits (float32) plus the float64 softmax and cumulative sum made while sampling a row.
-_SAMPLING_BYTES_PER_VOCAB_ENTRY = 20
 
 
 @dataclass(frozen=True)
@@ -163,9 +162,11 @@ def batches(
     packed: list[list[Item]] = [[]]
     used = 0
     for request in requests:
-        row_bytes = (
-            sampler.kv_bytes_per_token * (len(request.prompt) + request.params.max_tokens)
-            + sampler.vocab_size * _SAMPLING_BYTES_PER_VOCAB_ENTRY
+        row_bytes = sampling_row_bytes(
+            sampler.kv_bytes_per_token,
+            sampler.vocab_size,
+            len(request.prompt),
+            request.params.max_tokens,
         )
         samples = list(range(request.num_samples))
         while samples:

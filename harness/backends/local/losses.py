@@ -1,4 +1,4 @@
-"""Tinker's built-in losses as per-token functions (DESIGN section 3); pure torch.
+"""Tinker's built-in losses as per-token functions (docs/DESIGN.md §3); pure torch.
 
 Each returns the per-token loss, shape (B, T); the caller sums it over tokens and datums. Inputs
 are the target logprobs under the current weights and the datum's `loss_fn_inputs`, all (B, T),

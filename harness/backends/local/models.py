@@ -1,25 +1,24 @@
-"""Hugging Face causal LMs for the local backend: finding, loading, LoRA, adapters, export.
+"""Hugging Face causal LMs for the local backend: finding, loading, LoRA, the forward pass.
 
 Base weights are frozen and loaded once per directory; every training or sampling client gets
 its own module tree that *shares* those weight tensors and owns only its LoRA adapter, so a
 sampler's adapter is a snapshot that later training cannot touch. Beyond Tinker, a spec of None
-means full fine-tuning: the client owns a whole copy of the weights, and checkpoints hold them all.
+means full fine-tuning: the client owns a whole copy of the weights. Writing and reading them is
+`checkpoint_format.py`'s; `export.py` makes a plain model directory of a checkpoint.
 """
 
 import copy
 import functools
 import inspect
 import re
-import shutil
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import snapshot_download
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file, load_model, save_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -27,8 +26,6 @@ ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 # Tinker's cookbook assumes alpha 32 (its LoRA learning-rate rule takes lora_alpha=32).
 LORA_ALPHA = 32
-ADAPTER_FILE = "adapter_model.safetensors"
-FULL_WEIGHTS_FILE = "model.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # peft warns about LoRA on a tied unembedding; Tinker's train_unembed adapts the output
 # projection only, which is what peft does, and export unties before merging.
@@ -42,9 +39,6 @@ class LoraSpec:
     train_mlp: bool = True
     train_attn: bool = True
     train_unembed: bool = True
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def resolve_model_dir(base_model: str) -> Path:
@@ -135,38 +129,6 @@ def frozen_snapshot(model: torch.nn.Module) -> torch.nn.Module:
     return snapshot.requires_grad_(False)
 
 
-def save_adapter(model: PeftModel, directory: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*embedding")
-        model.save_pretrained(directory, save_embedding_layers=False)
-
-
-def load_adapter(model: PeftModel, directory: Path) -> None:
-    weights = load_file(directory / ADAPTER_FILE, device=str(model.device))
-    result = set_peft_model_state_dict(model, weights)
-    missing = [key for key in result.missing_keys if "lora_" in key]
-    if result.unexpected_keys or missing:
-        raise ValueError(
-            f"adapter in {directory} does not fit the model: unexpected"
-            f" {result.unexpected_keys[:3]}, missing {missing[:3]}"
-        )
-
-
-def save_weights(model: torch.nn.Module, directory: Path) -> None:
-    """The trained weights: the adapter, or (full fine-tuning) the whole model."""
-    if isinstance(model, PeftModel):
-        save_adapter(model, directory)
-    else:
-        save_model(model, str(directory / FULL_WEIGHTS_FILE))  # stores tied weights once
-
-
-def load_weights(model: torch.nn.Module, directory: Path) -> None:
-    if isinstance(model, PeftModel):
-        load_adapter(model, directory)
-    else:
-        load_model(model, str(directory / FULL_WEIGHTS_FILE), device=str(model.device))
-
-
 def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
     """The transformers model to call: LoRA layers are injected into its module tree."""
     return model.get_base_model() if isinstance(model, PeftModel) else model
@@ -197,36 +159,3 @@ def forward(
     output = model(input_ids=input_ids, use_cache=use_cache, **kwargs)
     logits = output.logits[:, -1:] if last_only else output.logits
     return logits, output.get(cache_name)
-
-
-def _merged(base: PreTrainedModel, spec: LoraSpec, adapter_dir: Path) -> PreTrainedModel:
-    merged_base = copy.deepcopy(base)  # merging writes into the base weights: own them
-    if spec.train_unembed and getattr(merged_base.config, "tie_word_embeddings", False):
-        output = merged_base.get_output_embeddings()
-        output.weight = torch.nn.Parameter(output.weight.detach().clone(), requires_grad=False)
-        merged_base.config.tie_word_embeddings = False
-    model = with_lora(merged_base, spec)
-    load_adapter(model, adapter_dir)
-    return model.merge_and_unload()
-
-
-def export_merged(
-    base: PreTrainedModel,
-    spec: LoraSpec | None,
-    weights_dir: Path,
-    model_dir: Path,
-    out_dir: Path,
-) -> Path:
-    """Write a plain Hugging Face model directory: base + merged adapter (or the fully
-    fine-tuned weights), and the tokenizer."""
-    if spec is None:
-        merged = trainable_copy(base)
-        load_weights(merged, weights_dir)
-    else:
-        merged = _merged(base, spec, weights_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out_dir)
-    for source in model_dir.iterdir():
-        if source.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_")):
-            shutil.copy2(source, out_dir / source.name)
-    return out_dir

@@ -1,5 +1,6 @@
 """`LocalServiceClient`: Tinker's service-client surface on PyTorch + transformers + peft."""
 
+import functools
 import random
 import threading
 import time
@@ -15,52 +16,32 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from harness.weather import Weather
 
+from .budget import kv_bytes_per_token, memory_budget
+from .checkpoint_format import (
+    CheckpointMeta,
+    has_optimizer_state,
+    load_weights,
+    read_meta,
+)
 from .engine import GenerationEngine, SamplerModel
+from .export import export_merged
 from .futures import run_now
 from .models import (
     LoraSpec,
     adapted,
     causal_lm,
-    export_merged,
     frozen_snapshot,
     load_base_model,
-    load_weights,
     resolve_model_dir,
 )
 from .sampling import LocalSamplingClient
-from .storage import CheckpointStore, read_meta
-from .training import OPTIMIZER_FILE, LocalTrainingClient
+from .storage import CheckpointStore
+from .training import LocalTrainingClient
 from .weather import Calm, LocalWeather, local_weather
-
-_CPU_BUDGET_BYTES = 4 << 30
 
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _memory_budget(device: torch.device) -> int:
-    """Bytes one sampling batch or training chunk may use: 30% of free GPU memory, or 4 GiB."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(0.3 * free)
-    return _CPU_BUDGET_BYTES
-
-
-def _kv_bytes_per_token(model: PreTrainedModel) -> int:
-    config = model.config.get_text_config()
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    element = torch.finfo(model.dtype).bits // 8
-    return config.num_hidden_layers * 2 * kv_heads * head_dim * element
-
-
-def _train_bytes_per_token(model: PreTrainedModel, vocab_size: int) -> int:
-    """Rough activation memory per token for backward: ~40 hidden-size tensors per layer, plus
-    the logits and their log-softmax."""
-    config = model.config.get_text_config()
-    return 4 * (config.num_hidden_layers * config.hidden_size * 40 + 3 * vocab_size)
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> tuple[int, ...]:
@@ -71,11 +52,6 @@ def _eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> tuple[int, ...]:
     if eos is None:
         eos = tokenizer.eos_token_id
     return tuple(sorted({eos} if isinstance(eos, int) else set(eos or ())))
-
-
-def _spec(meta: dict[str, Any]) -> LoraSpec | None:
-    """A checkpoint's LoRA spec; None for full fine-tuning."""
-    return LoraSpec(**meta["lora"]) if meta["lora"] is not None else None
 
 
 def _close_all(
@@ -116,7 +92,7 @@ class LocalServiceClient:
         self.dtype = dtype
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
-        self._memory_budget = memory_budget_bytes or _memory_budget(self.device)
+        self._memory_budget = memory_budget_bytes or memory_budget(self.device)
         self._engine = GenerationEngine(self._memory_budget)
         self._bases: dict[Path, PreTrainedModel] = {}
         self._tokenizers: dict[tuple[Path, str], Any] = {}
@@ -154,16 +130,11 @@ class LocalServiceClient:
                 self._bases[model_dir] = load_base_model(model_dir, self.device, self.dtype)
             return model_dir, self._bases[model_dir]
 
-    def _location(self, meta: dict[str, Any]) -> str:
+    def _location(self, meta: CheckpointMeta) -> str:
         """Where a checkpoint's base model is: the directory it was loaded from if that still
         exists (the name may be a path relative to another working directory), else its name."""
-        directory = self.store.absolute(meta["model_dir"])
-        return str(directory) if directory.is_dir() else meta["base_model"]
-
-    def train_tokens_per_chunk(self, model: PreTrainedModel) -> int:
-        """Padded tokens per forward/backward chunk that fit the memory budget."""
-        vocab_size = model.get_output_embeddings().weight.shape[0]
-        return max(64, self._memory_budget // _train_bytes_per_token(model, vocab_size))
+        directory = self.store.absolute(meta.model_dir)
+        return str(directory) if directory.is_dir() else meta.base_model
 
     def tokenizer(self, model_dir: Path, user: str = "client") -> Any:
         """The tokenizer in `model_dir`, one instance per user: Rust tokenizers may refuse to
@@ -190,7 +161,21 @@ class LocalServiceClient:
         if checkpoint is not None:
             load_weights(model, checkpoint)
         run_id = self.store.new_run_id()
-        client = LocalTrainingClient(self, run_id, base_model, model_dir, model, spec)
+        client = LocalTrainingClient(
+            run_id,
+            base_model,
+            model_dir,
+            model,
+            spec,
+            store=self.store,
+            weather=self.weather,
+            memory_budget_bytes=self._memory_budget,
+            sampler_for=functools.partial(
+                self.sampling_client_for, base_model=base_model, model_dir=model_dir
+            ),
+            sampler_at=lambda path: self.create_sampling_client(model_path=path),
+            tokenizer=functools.partial(self.tokenizer, model_dir),
+        )
         self._trainers.add(client)
         return client
 
@@ -206,7 +191,7 @@ class LocalServiceClient:
             eos_token_ids=_eos_token_ids(lm, tokenizer),
             vocab_size=lm.get_output_embeddings().weight.shape[0],
             max_context=getattr(lm.config.get_text_config(), "max_position_embeddings", None),
-            kv_bytes_per_token=_kv_bytes_per_token(lm),
+            kv_bytes_per_token=kv_bytes_per_token(lm),
         )
         return LocalSamplingClient(self._engine, sampler, base_model, self.next_seed, self.weather)
 
@@ -243,20 +228,20 @@ class LocalServiceClient:
     ) -> LocalTrainingClient:
         directory = self.store.resolve(path)
         meta = read_meta(directory)
-        if with_optimizer and not (directory / OPTIMIZER_FILE).is_file():
+        if with_optimizer and not has_optimizer_state(directory):
             raise FileNotFoundError(
                 f"{path} holds no optimizer state (sampler weights?); pass a"
                 " tinker://<run_id>/weights/<name> path from save_state"
             )
         client = self._training_client(
-            base_model or meta["base_model"],
-            _spec(meta),
+            base_model or meta.base_model,
+            meta.lora,
             checkpoint=directory,
             location=base_model or self._location(meta),
             optimizer=optimizer,
         )
         if with_optimizer:
-            client.load_optimizer_state(directory / OPTIMIZER_FILE)
+            client.load_optimizer_state(directory)
         return client
 
     def create_training_client_from_state(
@@ -308,9 +293,9 @@ class LocalServiceClient:
                 return self.sampling_client_for(base, base_model, model_dir)
             directory = self.store.resolve(model_path)
             meta = read_meta(directory)
-            name = base_model or meta["base_model"]
+            name = base_model or meta.base_model
             model_dir, base = self.base(base_model or self._location(meta))
-            model = adapted(base, _spec(meta))
+            model = adapted(base, meta.lora)
             load_weights(model, directory)
             return self.sampling_client_for(frozen_snapshot(model), name, model_dir)
 
@@ -331,4 +316,4 @@ class LocalServiceClient:
         directory = self.store.resolve(path)
         meta = read_meta(directory)
         model_dir, base = self.base(self._location(meta))
-        return export_merged(base, _spec(meta), directory, model_dir, Path(out_dir))
+        return export_merged(base, meta.lora, directory, model_dir, Path(out_dir))

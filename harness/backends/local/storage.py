@@ -6,12 +6,13 @@ a checkpoint's metadata is relative to the root, so metadata names no absolute d
 machine that saved it (where that directory is gone, loading falls back to the base model's
 name). A checkpoint saved with `ttl_seconds`
 expires that long after it was saved, on the store's wall clock (injected): from then on it is
-gone, deleted the first time anything looks for it.
+gone, deleted the first time anything looks for it. What a checkpoint directory holds is
+`checkpoint_format.py`'s.
 """
 
+import dataclasses
 import datetime
 import itertools
-import json
 import os
 import re
 import shutil
@@ -20,17 +21,24 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import cast
 
-Kind = Literal["weights", "sampler_weights"]
+from .checkpoint_format import (
+    KINDS,
+    META_FILE,
+    CheckpointMeta,
+    Kind,
+    optimizer_steps,
+    read_meta,
+    write_meta,
+)
+
 SCHEME = "tinker://"
-KINDS: tuple[Kind, ...] = ("weights", "sampler_weights")
 # \Z, not $: $ also matches before a final newline, which would let "name\n" through.
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 # Cloud run ids look like `<session>:train:<n>`; accepting ':' lets such a path fail as "not
 # found here" rather than as malformed.
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
-META_FILE = "checkpoint.json"
 # Tinker's server refuses shorter lifetimes; the same floor keeps a local run honest.
 MIN_TTL_SECONDS = 3600
 
@@ -78,7 +86,7 @@ class Saved:
     """A checkpoint on disk: its path, metadata, when it was saved and its size."""
 
     path: TinkerPath
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     saved_at: float  # seconds since the epoch
     size_bytes: int
 
@@ -108,19 +116,18 @@ class CheckpointStore:
         """A directory metadata names (relative to the root, or absolute in older checkpoints)."""
         return (self.root / stored).resolve()
 
-    def lifetime(self, ttl_seconds: int | None) -> dict[str, float | None]:
-        """The `saved_at` and `expires_at` metadata of a checkpoint saved now."""
+    def lifetime(self, ttl_seconds: int | None) -> tuple[float, float | None]:
+        """`saved_at` and `expires_at` of a checkpoint saved now."""
         if ttl_seconds is not None and ttl_seconds < MIN_TTL_SECONDS:
             raise ValueError(
                 f"ttl_seconds must be at least {MIN_TTL_SECONDS} (as Tinker requires), or None"
                 f" to keep the checkpoint until deleted; got {ttl_seconds}"
             )
         now = self._clock()
-        return {"saved_at": now, "expires_at": None if ttl_seconds is None else now + ttl_seconds}
+        return now, None if ttl_seconds is None else now + ttl_seconds
 
-    def _expired(self, meta: dict[str, Any]) -> bool:
-        expires_at = meta.get("expires_at")
-        return expires_at is not None and expires_at <= self._clock()
+    def _expired(self, meta: CheckpointMeta) -> bool:
+        return meta.expires_at is not None and meta.expires_at <= self._clock()
 
     # -- finding, listing, deleting -----------------------------------------------------------
 
@@ -137,7 +144,7 @@ class CheckpointStore:
         if self._expired(meta):
             shutil.rmtree(directory, ignore_errors=True)
             raise FileNotFoundError(
-                f"checkpoint {path} expired at {_iso(meta['expires_at'])} (its ttl_seconds ran"
+                f"checkpoint {path} expired at {_iso(meta.expires_at)} (its ttl_seconds ran"
                 " out) and is deleted"
             )
         return directory
@@ -169,7 +176,7 @@ class CheckpointStore:
             meta = read_meta(directory)
             files = [f for f in directory.iterdir() if f.is_file()]
             size = sum(f.stat().st_size for f in files)
-            saved_at = meta.get("saved_at") or (directory / META_FILE).stat().st_mtime
+            saved_at = meta.saved_at or (directory / META_FILE).stat().st_mtime
         except (FileNotFoundError, NotADirectoryError):  # deleted while we looked
             return None
         if self._expired(meta):
@@ -183,13 +190,13 @@ class CheckpointStore:
 
     def set_ttl(self, path: str, ttl_seconds: int | None) -> None:
         """Let the checkpoint at `path` expire `ttl_seconds` from now (None: never)."""
-        self.set_expires_at(path, self.lifetime(ttl_seconds)["expires_at"])
+        self.set_expires_at(path, self.lifetime(ttl_seconds)[1])
 
     def set_expires_at(self, path: str, expires_at: float | None) -> None:
         """Let the checkpoint at `path` expire at `expires_at` on the store's clock (None:
         never), whatever the minimum TTL (weather profiles expire checkpoints early)."""
         directory = self.resolve(path)
-        write_meta(directory, {**read_meta(directory), "expires_at": expires_at})
+        write_meta(directory, dataclasses.replace(read_meta(directory), expires_at=expires_at))
 
     def now(self) -> float:
         """The store's clock: what checkpoint lifetimes run on."""
@@ -200,9 +207,8 @@ def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
-def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-
-
-def read_meta(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / META_FILE).read_text())
+def saved_optimizer_steps(storage_dir: str | Path, state_path: str) -> int:
+    """How many steps the optimizer had taken when `state_path` (from save_state) was saved
+    under `storage_dir`: the count AdamW keeps with its moments, not one the caller kept."""
+    # Read as it lies, lifetime aside: an inspection must not delete what expired since.
+    return optimizer_steps(CheckpointStore(storage_dir).directory(parse(state_path)))

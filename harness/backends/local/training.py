@@ -1,9 +1,5 @@
 """The training client: a LoRA model, its AdamW state, and calls run in submission order."""
 
-import errno
-import os
-import shutil
-import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,55 +14,49 @@ from tinker.types.optimizer import OptimParamsBase
 from harness.weather import Call
 
 from . import batches, losses
+from .budget import train_tokens_per_chunk
+from .checkpoint_format import CheckpointMeta, Kind, load_optimizer_state, write_checkpoint
 from .futures import OrderedWorker
-from .models import (
-    LoraSpec,
-    causal_lm,
-    forward,
-    frozen_snapshot,
-    save_weights,
-    trainable_parameters,
-)
+from .models import LoraSpec, causal_lm, forward, frozen_snapshot, trainable_parameters
 from .optimizer import adam_step, new_optimizer
-from .storage import CheckpointStore, Kind, TinkerPath, check_name, parse, write_meta
+from .storage import CheckpointStore, TinkerPath, check_name
+from .weather import Calm, LocalWeather
 
 if TYPE_CHECKING:
     from .sampling import LocalSamplingClient
-    from .service import LocalServiceClient
 
-OPTIMIZER_FILE = "optimizer.pt"
 T = TypeVar("T")
 
 
-def saved_optimizer_steps(storage_dir: str | Path, state_path: str) -> int:
-    """How many steps the optimizer had taken when `state_path` (from save_state) was saved
-    under `storage_dir`: the count AdamW keeps with its moments, not one the caller kept."""
-    # Read as it lies, lifetime aside: an inspection must not delete what expired since.
-    directory = CheckpointStore(storage_dir).directory(parse(state_path))
-    state = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-    steps = {int(param_state["step"]) for param_state in state["state"].values()}
-    return steps.pop() if len(steps) == 1 else max(steps, default=0)
-
-
-def no_space_left(error: BaseException) -> bool:
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return True
-    return "No space left on device" in str(error)
-
-
 class LocalTrainingClient:
-    """Mirror of `tinker.TrainingClient` for one LoRA (or full fine-tuning) run on this machine."""
+    """Mirror of `tinker.TrainingClient` for one LoRA (or full fine-tuning) run on this machine.
+
+    What it does not own it is handed: the `store` its checkpoints go to, the `weather` its
+    calls are answered in, the `memory_budget_bytes` a forward/backward chunk may use, and
+    from the service `sampler_for` (a sampling client over weights of this base model),
+    `sampler_at` (one over a saved checkpoint) and `tokenizer` (the base model's, made once).
+    """
 
     def __init__(
         self,
-        service: "LocalServiceClient",
         run_id: str,
         base_model: str,
         model_dir: Path,
         model: torch.nn.Module,
         spec: LoraSpec | None,
+        *,
+        store: CheckpointStore,
+        weather: LocalWeather | Calm,
+        memory_budget_bytes: int,
+        sampler_for: Callable[[torch.nn.Module], "LocalSamplingClient"],
+        sampler_at: Callable[[str], APIFuture["LocalSamplingClient"]],
+        tokenizer: Callable[[], Any],
     ):
-        self._service = service
+        self._store = store
+        self._weather = weather
+        self._sampler_for = sampler_for
+        self._sampler_at = sampler_at
+        self._tokenizer = tokenizer
         self.model_id = run_id
         self._base_model = base_model
         self._model_dir = model_dir
@@ -76,9 +66,9 @@ class LocalTrainingClient:
         self._params = trainable_parameters(model)
         self._optimizer = new_optimizer(self._params)
         self._vocab_size = self._lm.get_output_embeddings().weight.shape[0]
-        self._tokens_per_chunk = service.train_tokens_per_chunk(self._lm)
+        self._tokens_per_chunk = train_tokens_per_chunk(self._lm, memory_budget_bytes)
         self._worker = OrderedWorker(f"local-train-{run_id}")
-        self._timeline = service.weather.timeline()
+        self._timeline = weather.timeline()
         weakref.finalize(self, self._worker.shutdown)
         config = self._lm.config
         self._info = types.GetInfoResponse(
@@ -132,7 +122,7 @@ class LocalTrainingClient:
 
     def _submit(self, call: Call, fn: Callable[[], T]) -> APIFuture[T]:
         """Queue `fn` behind this client's earlier calls, answered as the weather says."""
-        return self._service.weather.training(call, self._timeline, lambda: self._worker.submit(fn))
+        return self._weather.training(call, self._timeline, lambda: self._worker.submit(fn))
 
     def _fwd(
         self,
@@ -204,39 +194,20 @@ class LocalTrainingClient:
     ) -> str:
         """Write a checkpoint atomically (a killed save leaves no half-written checkpoint)."""
         path = TinkerPath(self.model_id, kind, check_name(name))
-        store = self._service.store
-        lifetime = store.lifetime(ttl_seconds)  # checked first: a bad TTL writes nothing
-        directory = store.directory(path)
-        if store.find(path) is not None and not overwrite:
+        saved_at, expires_at = self._store.lifetime(ttl_seconds)  # first: a bad TTL writes nothing
+        if self._store.find(path) is not None and not overwrite:
             raise FileExistsError(f"checkpoint {path} exists; pass overwrite=True to replace it")
-        staging = directory.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-        staging.mkdir(parents=True)
-        try:
-            save_weights(self._model, staging)
-            if kind == "weights":
-                torch.save(self._optimizer.state_dict(), staging / OPTIMIZER_FILE)
-            write_meta(
-                staging,
-                {
-                    "kind": kind,
-                    "base_model": self._base_model,
-                    "model_dir": store.relative(self._model_dir),
-                    "lora": self._spec.to_json() if self._spec is not None else None,
-                    "user_metadata": user_metadata,
-                    "ttl_seconds": ttl_seconds,
-                    **lifetime,
-                },
-            )
-        except BaseException as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            if no_space_left(error):  # safetensors says so in its own exception type
-                raise OSError(
-                    errno.ENOSPC, f"no space left writing {path}; free space and rerun"
-                ) from error
-            raise
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
+        meta = CheckpointMeta(
+            kind=kind,
+            base_model=self._base_model,
+            model_dir=self._store.relative(self._model_dir),
+            lora=self._spec,
+            user_metadata=user_metadata,
+            ttl_seconds=ttl_seconds,
+            saved_at=saved_at,
+            expires_at=expires_at,
+        )
+        write_checkpoint(self._store.directory(path), meta, self._model, self._optimizer, str(path))
         return str(path)
 
     def save_state(
@@ -280,15 +251,13 @@ class LocalTrainingClient:
             raise NotImplementedError(f"the local backend implements kind='snapshot' only: {kind}")
         return self._submit(
             "save_weights_for_sampler",
-            lambda: self._service.sampling_client_for(
-                frozen_snapshot(self._model), self._base_model, self._model_dir
-            ),
+            lambda: self._sampler_for(frozen_snapshot(self._model)),
         )
 
     def create_sampling_client(
         self, model_path: str, retry_config: Any = None, record_stability_info: bool = False
     ) -> APIFuture["LocalSamplingClient"]:
-        return self._service.create_sampling_client(model_path=model_path)
+        return self._sampler_at(model_path)
 
     # -- information --------------------------------------------------------------------------
 
@@ -296,8 +265,8 @@ class LocalTrainingClient:
         return self._info
 
     def get_tokenizer(self) -> Any:
-        return self._service.tokenizer(self._model_dir)
+        return self._tokenizer()
 
-    def load_optimizer_state(self, path: Path) -> None:
-        state = torch.load(path, map_location=self._lm.device, weights_only=True)
-        self._optimizer.load_state_dict(state)
+    def load_optimizer_state(self, checkpoint: Path) -> None:
+        """The AdamW state (moments, step) of the checkpoint in directory `checkpoint`."""
+        self._optimizer.load_state_dict(load_optimizer_state(checkpoint, self._lm.device))
