@@ -114,8 +114,8 @@ class SeqQueueMachine(RuleBasedStateMachine):
                 continue
             for hole in set(range(FIRST, seq_id)) - started:
                 assert any(
-                    how == "gap" and self.requests[r][0] >= hole and t <= at
-                    for r, how, t, _ in self.answers
+                    kind == "gap" and self.requests[r][0] >= hole and t <= at
+                    for r, kind, t, _ in self.answers
                 ), f"seq_id {seq_id} started at {at} past the hole at {hole}"
             started.add(seq_id)
 
