@@ -35,6 +35,7 @@ from harness.backends.cassette import (
     encode_or_repr,
     secrets_in,
 )
+from harness.rollouts import sampling_purpose
 
 
 def reward_name(reward_fn: Callable[..., Any] | None) -> str | None:
@@ -151,10 +152,12 @@ class RecordingClient:
         """The call's index, and how to write its line once its outcome is known."""
         request = canonical_request(self._kind, method, args, kwargs)
         index, submitted = self._recorder.begin()
+        purpose = sampling_purpose() if method == "sample" else None
+        marked = {} if purpose is None else {"purpose": purpose}
 
         def record(arrived: float | None = None, **outcome: Any) -> None:
             times = (submitted, arrived or time.perf_counter())
-            self._recorder.write(index, self._id, method, request, times, **outcome)
+            self._recorder.write(index, self._id, method, request, times, **outcome, **marked)
 
         return index, record
 
