@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from tinker import types
 
-from harness.backends.cassette import Call, Cassette, decode, read_cassette
+from harness.backends.cassette import Call, Cassette, read_cassette
+from harness.backends.cassette_codec import decode
 from harness.backends.replay_service import load_tokenizer, recorded_reward_fn
 from harness.checkpoints import step_of
 from harness.config import Config, ConfigError

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness.backends.cassette import read_cassette, request_changes
+from harness.backends.cassette import read_cassette
+from harness.backends.cassette_compare import request_changes
 from harness.cli import main
 from harness.jsonl import read_json_lines, rewrite_json_lines
 from harness.metrics import without_timings
