@@ -258,6 +258,11 @@ def _step(
     datums_D = decode(fb.request["data"]) if fb is not None else []
     responses_P = [decode(c.response) for c in rollout_calls]
     groups = _groups(rollout_calls, responses_P, batch, scoring)
+    fb_output = decode(fb.response) if fb is not None and groups else None
+    origins_D, advantages_P_G = [], None
+    if fb_output is not None:
+        origins_D, advantages_P_G = _origins(datums_D, groups)
+        _attach_training(groups, origins_D, advantages_P_G, fb_output)
     metrics: dict[str, float] = {}
     if responses_P and batch is not None and len(batch) == len(responses_P):
         scored = score(responses_P, batch, scoring.tokenizer, scoring.reward_fn)
@@ -265,19 +270,16 @@ def _step(
         for group, scores_G in zip(groups, scored.scores_P_G, strict=True):
             for rollout, reward in zip(group.rollouts, scores_G, strict=True):
                 rollout.reward = reward
-        if datums_D and fb is not None and optim is not None and cliprange is not None:
-            origins_D, advantages_P_G = _origins(datums_D, groups)
-            fb_output, optim_output = decode(fb.response), decode(optim.response)
+        if fb_output is not None and optim is not None and cliprange is not None:
             metrics |= training_metrics(
-                fb_output, optim_output, scored, origins_D, advantages_P_G, cliprange
+                fb_output, decode(optim.response), scored, origins_D, advantages_P_G, cliprange
             )
-            _attach_training(groups, origins_D, advantages_P_G, fb_output)
     elif responses_P:
         metrics |= length_metrics(*_lengths(responses_P))
     if rollout_calls:
         metrics["train/datums"] = float(len(datums_D))
-    if fb is not None and "train/loss" not in metrics:
-        metrics["train/loss"] = float(decode(fb.response).metrics["loss:sum"])
+    if fb_output is not None and "train/loss" not in metrics:
+        metrics["train/loss"] = float(fb_output.metrics["loss:sum"])
     validation: list[dict[str, Any]] = []
     if validation_calls and questions is not None and len(questions) == len(validation_calls):
         validation = answer_records(

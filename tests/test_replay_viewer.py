@@ -174,3 +174,24 @@ def test_a_run_with_plugged_rewards_is_scored_with_them(tmp_path):
         # The grader gives no credit for format alone; the task's reward gives 0.2.
         assert scores and all(s["reward"] == s["answer_reward"] for s in scores)
         assert any(s["format_reward"] > s["answer_reward"] for s in scores)
+
+
+def test_without_its_dataset_a_run_still_shows_what_was_sampled_and_trained(tmp_path, view):
+    rows = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    rows[0]["config"]["dataset"] = "not-on-this-machine"
+    for row in rows[1:]:
+        if row.get("method") == "get_tokenizer":
+            row["response"] = {"$tokenizer": {"dir": str(REPO / CONFIG["model_name"])}}
+    cassette = tmp_path / "elsewhere.jsonl"
+    cassette.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    blind = load_view(cassette, None, None)
+    assert any("no questions or rewards" in note for note in blind.notes)
+    kept = ("response/", "train/datums", "train/loss")
+    for step, row in zip(blind.steps[:-1], METRICS, strict=False):
+        assert step.metrics == {k: v for k, v in row.items() if k.startswith(kept)}
+    for seen, known in zip(blind.steps, view.steps, strict=True):
+        for group, known_group in zip(seen.groups, known.groups, strict=True):
+            assert group.problem is None
+            assert [r.advantage for r in group.rollouts] == [
+                r.advantage for r in known_group.rollouts
+            ]
