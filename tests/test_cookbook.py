@@ -114,7 +114,8 @@ RECIPES = {
     "sl_loop": ("sl_loop", [*BASE, "batch_size=4", "max_length=256", "save_every=1"]),
     # recipes/rl_loop.py with its defaults (loss_fn=stable_reinforce, 7-day TTLs), smaller.
     "rl_loop": ("rl_loop", [*BASE, "batch_size=2", "group_size=4", "max_tokens=8", "save_every=1"]),
-    # rl/train.py in its three execution modes on the cookbook's arithmetic environment.
+    # rl/train.py in its three execution modes on the cookbook's arithmetic environment (sync
+    # with a KL penalty, post-update KL and rolling saves).
     "rl_train_sync": ("rl_train", [*BASE, "mode=sync"]),
     "rl_train_stream": ("rl_train", [*BASE, "mode=stream"]),
     "rl_train_async": ("rl_train", [*BASE, "mode=async"]),
@@ -148,5 +149,9 @@ def test_a_cookbook_recipe_runs_is_killed_and_resumes(server, tmp_path, case):
     assert expected and [row["step"] for row in resumed_rows] == expected
     if recipe != "sl_loop":  # the RL recipes train on the varied reward's advantages
         assert any(row.get("grad_norm:mean", 0) > 0 for row in resumed_rows)
+    if case == "rl_train_sync":  # rolling saves delete their predecessors through the REST API
+        assert "Deleted rolling checkpoint" in output and "Failed to delete" not in output
+        for key in ("kl_policy_base", "kl_pre_post_v1"):  # the KL penalty, post-update KL
+            assert all(key in row for row in resumed_rows), sorted(resumed_rows[0])
     final = [row for row in checkpoints(log_path) if row["name"] == "final"]
     assert len(final) == 1 and final[0]["state_path"].startswith("tinker://")

@@ -5,7 +5,8 @@ python -m tests.support.cookbook_recipe RECIPE key=value ...
 RECIPE is `sl_loop` or `rl_loop` (tinker_cookbook/recipes/*.py, their own `main` and chz
 command line, key=value as their README gives it) or `rl_train` (tinker_cookbook/rl/train.py's
 `main` on the cookbook's own arithmetic environment; keys: base_url, model_name, log_path,
-max_steps, mode = sync | stream | async). The recipes' code runs unchanged; two things a
+max_steps, mode = sync | stream | async; sync also turns on the KL penalty, post-update KL
+and rolling saves). The recipes' code runs unchanged; two things a
 machine without the Hugging Face hub cannot give them are replaced:
 
 - `datasets.load_dataset` of the hub's GSM8K and No Robots answers from the vendored GSM8K
@@ -74,7 +75,16 @@ def rl_train_config(
 
     groups = 2
     modes = {
-        "sync": {},
+        # Beyond the defaults: a KL penalty against the base model, post-update KL, and
+        # rolling saves (each deletes the one before it through the REST API) in place of
+        # periodic ones.
+        "sync": {
+            "kl_penalty_coef": 0.01,
+            "kl_reference_config": train.KLReferenceConfig(base_model=model_name),
+            "compute_post_kl": True,
+            "save_every": 0,
+            "rolling_save_every": 1,
+        },
         "stream": {
             "stream_minibatch_config": train.StreamMinibatchConfig(
                 groups_per_batch=groups, num_minibatches=2
@@ -100,10 +110,9 @@ def rl_train_config(
         base_url=base_url,
         lora_rank=4,
         eval_every=0,
-        save_every=1,
         max_steps=max_steps,
         num_groups_to_log=0,
-        **modes[mode],
+        **{"save_every": 1, **modes[mode]},
     )
 
 
