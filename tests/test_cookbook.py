@@ -60,14 +60,26 @@ def server(tmp_path_factory) -> dict[str, str]:
     }
     command = [sys.executable, "-m", "harness.serve", f"--model={MODEL}", "--port=0"]
     command += [f"--storage_dir={root / 'storage'}", "--seed=0", "--log_level=warning"]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    log = root / "server.log"  # a file, not a pipe: a full pipe would block the server
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stderr=stderr)
     try:
-        line = process.stderr.readline()  # "serving MODEL at http://127.0.0.1:PORT (...)"
-        assert line.startswith(f"serving {MODEL} at http://127.0.0.1:"), line
-        yield {**env, "BASE_URL": line.split(" at ", 1)[1].split(" ", 1)[0]}
+        yield {**env, "BASE_URL": served_url(process, log)}
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
+
+
+def served_url(process: subprocess.Popen, log: Path) -> str:
+    """The address in the server's "serving MODEL at http://127.0.0.1:PORT (...)" line."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        for line in log.read_text().splitlines():
+            if line.startswith(f"serving {MODEL} at "):
+                return line.split(" at ", 1)[1].split(" ", 1)[0]
+        assert process.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
 
 
 def recipe_command(recipe: str, arguments: list[str]) -> list[str]:
@@ -149,6 +161,11 @@ def test_a_cookbook_recipe_runs_is_killed_and_resumes(server, tmp_path, case):
     assert expected and [row["step"] for row in resumed_rows] == expected
     if recipe != "sl_loop":  # the RL recipes train on the varied reward's advantages
         assert any(row.get("grad_norm:mean", 0) > 0 for row in resumed_rows)
+    config = json.loads((log_path / "config.json").read_text())  # as the recipe logged it
+    if case == "rl_loop":
+        assert config["loss_fn"] == "stable_reinforce"  # its default
+    if case == "rl_train_async":
+        assert config["async_config"]["loss_fn"] == "stable_reinforce"  # its default
     if case == "rl_train_sync":  # rolling saves delete their predecessors through the REST API
         assert "Deleted rolling checkpoint" in output and "Failed to delete" not in output
         for key in ("kl_policy_base", "kl_pre_post_v1"):  # the KL penalty, post-update KL
