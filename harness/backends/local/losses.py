@@ -97,9 +97,10 @@ LOSSES: dict[str, LossSpec] = {
     # what the sampler records (record_stability_info=True) for the sequences a Datum's
     # provenance names; its formula, what is recorded, and its option `kl_coeff` (named in
     # SDK 0.38's ForwardBackwardInput) are not published. Here it is REINFORCE with the
-    # importance ratio to the sampler's logprobs, as importance_sampling: what this server's
-    # sampler records for a sequence is its logprobs, and they are the Datum's `logprobs`
-    # (sampling and training share numerics). It takes no options, so `kl_coeff` is refused.
+    # importance ratio to the sampler's logprobs, as importance_sampling: the one thing this
+    # backend's sampler knows of a sequence is its logprobs, and the Datum's `logprobs` are
+    # them (sampling and training share numerics), so nothing is recorded or looked up. It
+    # takes no options, so `kl_coeff` is refused.
     "stable_reinforce": LossSpec(importance_sampling, _POLICY_INPUTS),
 }
 
