@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,23 @@ def rolling_index_path(log_path: str | Path) -> Path:
 
 
 def checkpoint_name(step: int) -> str:
+    """The name a periodic checkpoint after `step` steps is saved under."""
     return f"step_{step:06d}"
+
+
+def rolling_name(step: int) -> str:
+    """The name a rolling save after `step` steps is saved under."""
+    return f"rolling_{step:06d}"
+
+
+_SAVED_NAME = re.compile(r"(?:step|rolling)_(\d{6})")
+
+
+def step_of(path: str) -> int | None:
+    """The step a checkpoint's path names (its last part, `checkpoint_name` or
+    `rolling_name`), or None for a path not saved by the loop."""
+    found = _SAVED_NAME.fullmatch(path.rstrip("/").rsplit("/", 1)[-1])
+    return int(found.group(1)) if found else None
 
 
 def save_checkpoint(
@@ -101,7 +118,7 @@ def save_rolling(
     service's minimum lifetime: long enough to resume a run that died), then `release` the
     one it replaces (storage is billed; a release that fails is left to the TTL)."""
     previous = _entries(rolling_index_path(log_path))[-1:]
-    name = f"rolling_{step:06d}"
+    name = rolling_name(step)
     future = training_client.save_state(name, ttl_seconds=MIN_TTL_S, overwrite=True)
     path = wait(future, f"save_state({name})").path
     checkpoint = Checkpoint(

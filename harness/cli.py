@@ -19,7 +19,7 @@ from rich.console import Console
 
 from harness.backends import check_reachable, open_service_client, scores_hook
 from harness.backends.cassette import CassetteError
-from harness.backends.replay import ReplayError, recorded_header, recorded_reward_fn
+from harness.backends.replay_service import ReplayError, recorded_header, recorded_reward_fn
 from harness.checkpoints import RunStateError, checkpoints
 from harness.config import (
     RESUMABLE_CHANGES,
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
     console = Console(stderr=True, soft_wrap=True)
     try:
         validate(config)
-        if reward_fn is None and config.backend == "replay":
+        if reward_fn is None and config.reward_fn is None and config.backend == "replay":
+            # The recorded run's reward, unless --reward_fn replaces it anyway.
             reward_fn = recorded_reward_fn(config.cassette)
         prices = load_price_table(config.price_table)
         train_problems = load_problems(config.dataset, "train", config.dataset_path)

@@ -23,8 +23,8 @@ from rich.table import Table
 
 from harness import stats
 from harness.backends import open_service_client
-from harness.backends.replay import ReplayError
-from harness.checkpoints import index_path
+from harness.backends.replay_service import ReplayError
+from harness.checkpoints import checkpoint_name, index_path
 from harness.config import (
     Backend,
     Config,
@@ -185,7 +185,9 @@ def targets(config: EvalConfig) -> list[Target]:
     rows = read_json_lines(index_path(config.run))
     if not rows:
         raise ConfigError(f"--run={config.run}: no checkpoints in {index_path(config.run)}")
-    return base + [Target(f"step_{r['step']:06d}", int(r["step"]), r["sampler_path"]) for r in rows]
+    return base + [
+        Target(checkpoint_name(int(r["step"])), int(r["step"]), r["sampler_path"]) for r in rows
+    ]
 
 
 def validation_reward(

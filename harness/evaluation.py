@@ -82,12 +82,24 @@ def evaluate(
         prompt_inputs,
         group_size=sampling.num_samples,
         params_P=[request_params(sampling, stop, index) for index, _ in questions],
+        purpose="evaluation",
         collect=collect,
         description=description,
         waits=waits,
     )
+    return answer_records(questions, prompt_inputs, responses, tokenizer, reward_fn)
+
+
+def answer_records(
+    questions: Sequence[Question],
+    prompts: Sequence[tinker.ModelInput],
+    responses: Sequence[tinker.SampleResponse],
+    tokenizer: Any,
+    reward_fn: RewardFn,
+) -> list[dict[str, Any]]:
+    """One record per answer of each question's response, decoded and scored."""
     records = []
-    for (index, problem), prompt, response in zip(questions, prompt_inputs, responses, strict=True):
+    for (index, problem), prompt, response in zip(questions, prompts, responses, strict=True):
         for sample, sequence in enumerate(response.sequences):
             text = tokenizer.decode(sequence.tokens, skip_special_tokens=True)
             records.append(

@@ -336,6 +336,7 @@ def grpo_step(
             prompt_tokens_P,
             config.group_size,
             rollout_params(config, tokenizer, step, len(problems_P)),
+            purpose="rollout",
             collect=logger.collect,
             waits=waits,
         )
@@ -343,7 +344,6 @@ def grpo_step(
     with timer("time/compute_rewards"):
         scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
     with timer("time/build_data"):
-        rewards_P_G = torch.from_numpy(scored.rewards_P_G)
         advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
         if functions.on_scores is not None:
             functions.on_scores(step, scored.rewards_P_G, advantages_P_G)
@@ -364,18 +364,26 @@ def grpo_step(
     metrics |= {
         STEP_KEY: float(step),
         "progress/done_frac": (step + 1) / config.n_grpo_steps,
-        **reward_metrics(scored.rewards_P_G, scored.format_P_G, scored.answer_P_G),
-        **length_metrics(
-            np.array([[len(t) for t in tokens_G] for tokens_G in scored.tokens_P_G]),
-            scored.truncated_P_G,
-        ),
-        "train/frac_zero_variance_groups": constant_groups(rewards_P_G).float().mean().item(),
+        **rollout_metrics(scored),
         "train/datums": float(len(datums_D)),
         **timer.totals(),
     }
     if trained is not None:
         metrics |= training_metrics(*trained, scored, origins_D, advantages_P_G, config.cliprange)
     return metrics, tokens
+
+
+def rollout_metrics(scored: Scored) -> dict[str, float]:
+    """A step's statistics of its rollouts: rewards, lengths, groups without reward variance."""
+    constant_P = constant_groups(torch.from_numpy(scored.rewards_P_G))
+    return {
+        **reward_metrics(scored.rewards_P_G, scored.format_P_G, scored.answer_P_G),
+        **length_metrics(
+            np.array([[len(t) for t in tokens_G] for tokens_G in scored.tokens_P_G]),
+            scored.truncated_P_G,
+        ),
+        "train/frac_zero_variance_groups": constant_P.float().mean().item(),
+    }
 
 
 def rollout_params(

@@ -13,6 +13,12 @@ import torch
 from harness.grpo import compute_grpo_clip_loss
 
 
+def without_timings(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall-clock timings (`time/*`): what two runs of the same
+    config must agree on."""
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
 def reward_metrics(
     rewards_P_G: np.ndarray, format_P_G: np.ndarray, answer_P_G: np.ndarray
 ) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -52,13 +53,24 @@ def stop_sequences(tokenizer: Any, use_r1_zero_format: bool) -> list[str] | None
     return ["</answer>", *ends]
 
 
+Purpose = Literal["rollout", "evaluation"]
+"""What a sample request is for: a rollout the step trains on, or an evaluation (validation)."""
+
 # Validation samples draw from a stream of their own, never repeating a rollout's draws.
 _SEED_STREAMS = {"rollout": (), "evaluation": (1,)}
 
+_PURPOSE: contextvars.ContextVar[Purpose | None] = contextvars.ContextVar(
+    "sampling_purpose", default=None
+)
 
-def request_seed(
-    run_seed: int, step: int, index: int, purpose: Literal["rollout", "evaluation"] = "rollout"
-) -> int:
+
+def sampling_purpose() -> Purpose | None:
+    """The purpose of the sample request being submitted here (None outside `sample_groups`):
+    a recording keeps it with the call, so that a recording says which requests were rollouts."""
+    return _PURPOSE.get()
+
+
+def request_seed(run_seed: int, step: int, index: int, purpose: Purpose = "rollout") -> int:
     """A seed per request, so a resumed run samples exactly what the original would have."""
     sequence = np.random.SeedSequence([run_seed, step, index], spawn_key=_SEED_STREAMS[purpose])
     return int(sequence.generate_state(1)[0] >> 1)
@@ -69,17 +81,28 @@ def sample_groups(
     prompts_P: Sequence[tinker.ModelInput],
     group_size: int,
     params_P: Sequence[tinker.SamplingParams],
+    *,
+    purpose: Purpose,
     collect: Collect = collect_quietly,
     description: str = "sampling",
     waits: Waits | None = None,
 ) -> list[tinker.SampleResponse]:
-    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait;
-    with `waits`, each under its deadline and sent again, unchanged, when it fails."""
+    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait,
+    each marked with its `purpose` (`sampling_purpose`); with `waits`, each under its deadline
+    and sent again, unchanged, when it fails."""
 
     def sender(prompt: tinker.ModelInput, params: tinker.SamplingParams) -> Callable[[], Any]:
-        return lambda: sampling_client.sample(
-            prompt=prompt, num_samples=group_size, sampling_params=params
-        )
+        def send() -> Any:
+            # Set around the submission itself, so that a resend from another thread has it too.
+            marked = _PURPOSE.set(purpose)
+            try:
+                return sampling_client.sample(
+                    prompt=prompt, num_samples=group_size, sampling_params=params
+                )
+            finally:
+                _PURPOSE.reset(marked)
+
+        return send
 
     senders_P = [sender(p, params) for p, params in zip(prompts_P, params_P, strict=True)]
     if waits is None:

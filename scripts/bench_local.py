@@ -11,7 +11,6 @@ call per prompt, and training tokens/s for a ppo `forward_backward` + `optim_ste
 sequences of prompt + T tokens.
 """
 
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,9 +26,7 @@ from harness.backends.local import LocalServiceClient
 from harness.data.gsm8k import read_jsonl_problems
 from harness.datums import rollout_to_datum
 from harness.prompts import format_prompt
-
-sys.path.insert(0, str(Path(__file__).parent))
-from make_tiny_model import ModelShape, count_parameters, save_random_model
+from harness.tiny_model import ModelShape, count_parameters, save_random_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = REPO_ROOT / "fixtures" / "tiny-qwen3"

@@ -15,7 +15,6 @@ time (imports and the server's start included).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -59,8 +58,7 @@ def run(
         *extra,
     ]
     start = time.perf_counter()
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    subprocess.run(command, cwd=REPO_ROOT, env=environment, check=True, capture_output=True)
+    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (log_path / "metrics.jsonl").read_text().splitlines()]
     return rows[:-1], wall

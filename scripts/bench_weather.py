@@ -25,6 +25,8 @@ import bench_server  # beside this script
 import numpy as np
 import tyro
 
+from harness.metrics import without_timings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PHASES = bench_server.PHASES
 
@@ -41,10 +43,6 @@ def run(backend: str, weather: Path | None, log_path: Path) -> list[dict]:
     flags = [f"--weather={weather}"] if weather is not None else []
     smoke = bench_server.Args(sampling_max_tokens=64, eval_n=16)
     return bench_server.run(backend, log_path, smoke, flags)[0]
-
-
-def without_timings(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
 
 def main(args: Args) -> None:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
-from make_tiny_model import QWEN_SPLIT_PATTERN, tokenizer_corpus
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from harness.data.gsm8k import read_jsonl_problems
+from harness.tiny_model import QWEN_SPLIT_PATTERN, tokenizer_corpus
 
 RANKS_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
 N_RANKS = 151_643

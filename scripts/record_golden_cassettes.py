@@ -2,13 +2,13 @@
 
 python scripts/record_golden_cassettes.py [NAME ...]
 
-Each cassette is a few steps of the smoke configuration on the random tiny-qwen3, trained with
-the varied reward of tests/support/varied_reward_run.py so that it has groups with reward
-variance and the cassette holds real forward_backward and optim_step calls (the header names
-that reward, and a replay through the training script uses it). Each cassette is then replayed, the
-replay's metrics must equal the recorded run's (timings aside), and they are written beside the
-cassette as NAME.metrics.jsonl for the replay tests. Recording is deterministic (fixed seeds, CPU)
-up to run ids, sequence ids and latencies.
+Each cassette is a few steps of the smoke configuration on the warm-started tiny-arith model and
+its arithmetic task, with the task's own reward: the warm start answers some questions right, so
+groups have reward variance and the cassette holds real forward_backward and optim_step calls,
+and a replay needs nothing but the harness. Each cassette is then replayed, the replay's metrics
+must equal the recorded run's (timings aside), and they are written beside the cassette as
+NAME.metrics.jsonl for the replay tests. Recording is deterministic (fixed seeds, CPU) up to run
+ids, sequence ids and latencies.
 """
 
 from __future__ import annotations
@@ -19,17 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from harness.backends.cassette import read_cassette
+from harness.backends.cassette_compare import request_changes
+from harness.cli import main
+from harness.jsonl import read_json_lines, rewrite_json_lines
+from harness.metrics import without_timings
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the varied reward lives with the tests
-
-from harness.backends.cassette import read_cassette  # noqa: E402
-from harness.backends.cassette_compare import request_changes  # noqa: E402
-from harness.cli import main  # noqa: E402
-from harness.evaluation import RewardFn  # noqa: E402
-from harness.jsonl import read_json_lines, rewrite_json_lines  # noqa: E402
-from tests.support.metrics import without_timings  # noqa: E402
-from tests.support.varied_reward_run import varied_reward  # noqa: E402
-
 CASSETTES = Path("fixtures/cassettes")
 SMOKE = [
     "--n_grpo_steps=4",
@@ -37,35 +33,32 @@ SMOKE = [
     "--group_size=2",
     "--save_every=2",
     "--eval_every=2",
-    "--sampling_max_tokens=16",
+    "--sampling_max_tokens=48",
     "--eval_n=4",
     "--learning_rate=1e-3",
 ]
-# name: (model, the reward replacing the task's or None, flags)
+# name: (model, flags)
 GOLDEN = {
-    "smoke": ("fixtures/tiny-qwen3", varied_reward, ["--dataset_path=fixtures/gsm8k", *SMOKE]),
+    "smoke": ("fixtures/tiny-arith", ["--dataset=arith", "--use_r1_zero_format=False", *SMOKE]),
 }
 
 
-def run(flags: list[str], log_path: Path, reward_fn: RewardFn | None) -> float:
+def run(flags: list[str], log_path: Path) -> float:
     shutil.rmtree(log_path, ignore_errors=True)
     start = time.perf_counter()
-    if main([*flags, f"--log_path={log_path}"], reward_fn=reward_fn) != 0:
+    if main([*flags, f"--log_path={log_path}"]) != 0:
         raise SystemExit(f"the run failed: {' '.join(flags)}")
     return time.perf_counter() - start
 
 
-def record(name: str, model: str, reward_fn: RewardFn | None, flags: list[str]) -> None:
+def record(name: str, model: str, flags: list[str]) -> None:
     cassette = CASSETTES / f"{name}.jsonl"
     before = read_cassette(cassette).calls if cassette.exists() else None
     cassette.unlink(missing_ok=True)  # else the recorder keeps it as NAME.1.jsonl
     flags = [f"--model_name={model}", *flags]
     recorded, replayed = Path("runs") / f"golden-{name}", Path("runs") / f"golden-{name}-replay"
-    record_s = run(
-        [*flags, "--backend=local", f"--record_cassette={cassette}"], recorded, reward_fn
-    )
-    # The replay takes the reward from the cassette, as the training script does.
-    replay_s = run([*flags, "--backend=replay", f"--cassette={cassette}"], replayed, None)
+    record_s = run([*flags, "--backend=local", f"--record_cassette={cassette}"], recorded)
+    replay_s = run([*flags, "--backend=replay", f"--cassette={cassette}"], replayed)
     expected = without_timings(read_json_lines(recorded / "metrics.jsonl"))
     if without_timings(read_json_lines(replayed / "metrics.jsonl")) != expected:
         raise SystemExit(f"{cassette}: the replay's metrics differ from the recorded run's")

@@ -4,20 +4,17 @@ python scripts/replay.py CASSETTE                     one row per step
 python scripts/replay.py CASSETTE --step N            that step's groups, one row per response
 python scripts/replay.py CASSETTE --step N --group K  one group in full, with logprob statistics
 
-Everything is derived from the recorded calls; the run's config (in the cassette's header)
-rebuilds each step's questions exactly as the loop took them, and the recorded reward scores the
-responses again. A cloud cassette may need --dataset_path (the hub is not reachable offline)
-and --tokenizer (a folder with the model's tokenizer files).
+This script only renders: `harness.cassette_view` rebuilds the run from the recorded calls (each
+step's questions as the loop took them, the responses scored again with the recorded reward, the
+step's metrics by the loop's own functions). A cloud cassette may need --dataset_path (the hub is
+not reachable offline) and --tokenizer (a folder with the model's tokenizer files).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,304 +23,11 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
-from tinker import types
 
-from harness.backends.cassette import Call, Cassette, read_cassette
-from harness.backends.cassette_codec import decode
-from harness.backends.replay import ReplayError, load_tokenizer, recorded_reward_fn
-from harness.config import Config, ConfigError
-from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
-from harness.evaluation import validation_subset
-from harness.plugins import load_function
-from harness.prompts import format_prompt
-from harness.rewards import extract_answer, make_reward_fn
-from harness.rollouts import encode_prompts
-
-Reward = Callable[[str, str], dict[str, float]]
-
-
-@dataclasses.dataclass
-class Rollout:
-    """One sampled response with what the run made of it."""
-
-    tokens: np.ndarray
-    logprobs: np.ndarray
-    stop_reason: str
-    text: str
-    reward: dict[str, float] | None
-    advantage: float | None = None
-    trainer_logprobs: np.ndarray | None = None
-
-
-@dataclasses.dataclass
-class QuestionGroup:
-    """One question's sample request and its responses."""
-
-    call: Call
-    prompt_tokens: list[int]
-    problem: Problem | None
-    prompt_matches: bool | None
-    rollouts: list[Rollout]
-
-    @property
-    def rewards(self) -> list[float] | None:
-        if any(r.reward is None for r in self.rollouts):
-            return None
-        return [r.reward["reward"] for r in self.rollouts]
-
-
-@dataclasses.dataclass
-class Step:
-    number: int
-    final: bool
-    groups: list[QuestionGroup]
-    validation: list[Rollout]
-    loss: float | None
-    n_datums: int
-    timings: dict[str, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class Scoring:
-    """How the run read and scored responses."""
-
-    tokenizer: Any
-    reward_fn: Reward
-    """The reward the run trained on (the recorded one)."""
-    validation_reward: Reward
-    """The reward validation used: the task's, or the recorded --eval_reward_fn."""
-    use_r1_zero_format: bool
-
-
-@dataclasses.dataclass
-class RunView:
-    cassette: Cassette
-    config: dict[str, Any]
-    steps: list[Step]
-    notes: list[str]
-
-
-# -- rebuilding the run ---------------------------------------------------------------------------
-
-
-def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None) -> RunView:
-    cassette = read_cassette(path)
-    config = cassette.config
-    notes: list[str] = []
-    r1_zero = config.get("use_r1_zero_format", True)
-    scoring = Scoring(
-        tokenizer=load_tokenizer(_tokenizer_source(cassette), cassette, tokenizer),
-        reward_fn=_reward(cassette, r1_zero, notes),
-        validation_reward=_validation_reward(cassette, r1_zero, notes),
-        use_r1_zero_format=r1_zero,
-    )
-    train_problems, test_problems = _problems(config, dataset_path, notes)
-    start = _start_step(cassette.calls)
-    cursor = _cursor_at(start, train_problems, config)
-    val_problems = None
-    if test_problems is not None:
-        indices = validation_subset(len(test_problems), config["eval_n"], config["seed"])
-        val_problems = [test_problems[i] for i in indices]
-    steps = []
-    for k, calls in enumerate(_segments(cassette.calls)):
-        number = start + k
-        batch = None
-        if train_problems is not None:
-            indices, cursor = next_batch(
-                cursor, len(train_problems), config["rollout_batch_size"], config["seed"]
-            )
-            batch = [train_problems[i] for i in indices]
-        final = number == config.get("n_grpo_steps")
-        step = _step(number, final, calls, batch, val_problems, scoring)
-        steps.append(step)
-        if any(g.prompt_matches is False for g in step.groups):
-            notes.append(
-                f"step {number}: prompts differ from the dataset's questions (another dataset?"
-                " pass --dataset_path)"
-            )
-    return RunView(cassette, config, steps, notes)
-
-
-def _tokenizer_source(cassette: Cassette) -> dict[str, str]:
-    for call in cassette.calls:
-        if call.method == "get_tokenizer" and isinstance(call.response, dict):
-            return call.response["$tokenizer"]
-    return {"name": str(cassette.header.get("model"))}
-
-
-def _problems(
-    config: dict[str, Any], dataset_path: str | None, notes: list[str]
-) -> tuple[list[Problem] | None, list[Problem] | None]:
-    path = dataset_path or config.get("dataset_path")
-    try:
-        dataset = config.get("dataset", "gsm8k")
-        return load_problems(dataset, "train", path), load_problems(dataset, "test", path)
-    except (DatasetUnavailable, OSError, ValueError) as error:
-        notes.append(f"no questions or rewards: the dataset does not load ({error})")
-        return None, None
-
-
-def _reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> Reward:
-    try:
-        recorded = _plugged(cassette, "reward_fn") or recorded_reward_fn(cassette.path)
-    except ConfigError as error:
-        notes.append(f"scoring with the task's reward instead: {error}")
-        recorded = None
-    return recorded or make_reward_fn(use_r1_zero_format)
-
-
-def _validation_reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> Reward:
-    try:
-        recorded = _plugged(cassette, "eval_reward_fn")
-    except ConfigError as error:
-        notes.append(f"scoring validation with the task's reward instead: {error}")
-        recorded = None
-    return recorded or make_reward_fn(use_r1_zero_format)
-
-
-def _plugged(cassette: Cassette, flag: str) -> Reward | None:
-    """The reward the recorded run's --reward_fn or --eval_reward_fn named, imported here."""
-    spec = cassette.config.get(flag)
-    return None if spec is None else load_function(f"--{flag}", spec).reward()
-
-
-def _segments(calls: Sequence[Call]) -> list[list[Call]]:
-    """The calls of each step: from one fresh sampler (DESIGN step 1) to the next."""
-    segments: list[list[Call]] = []
-    for call in calls:
-        if call.method == "save_weights_and_get_sampling_client":
-            segments.append([])
-        if segments:
-            segments[-1].append(call)
-    return segments
-
-
-def _start_step(calls: Sequence[Call]) -> int:
-    """0, or the step a resumed run's checkpoint path names."""
-    for call in calls:
-        if call.method == "create_training_client_from_state_with_optimizer":
-            found = re.search(r"step_(\d+)", str(call.request.get("path", "")))
-            return int(found.group(1)) if found else 0
-        if call.method == "create_lora_training_client":
-            return 0
-    return 0
-
-
-def _cursor_at(step: int, problems: list[Problem] | None, config: dict[str, Any]) -> BatchCursor:
-    cursor = BatchCursor()
-    for _ in range(step if problems is not None else 0):
-        _, cursor = next_batch(cursor, len(problems), config["rollout_batch_size"], config["seed"])
-    return cursor
-
-
-def _is_rollout(call: Call) -> bool:
-    return call.method == "sample" and "seed" in call.request.get("sampling_params", {})
-
-
-def _step(
-    number: int,
-    final: bool,
-    calls: list[Call],
-    batch: list[Problem] | None,
-    val_problems: list[Problem] | None,
-    scoring: Scoring,
-) -> Step:
-    samples = [c for c in calls if c.method == "sample" and c.response is not None]
-    rollout_calls = [c for c in samples if _is_rollout(c)]
-    validation_calls = [c for c in samples if not _is_rollout(c)]
-    fb = next((c for c in calls if c.method == "forward_backward"), None)
-    datums = decode(fb.request["data"]) if fb is not None else []
-    output = decode(fb.response) if fb is not None and fb.error is None else None
-    trained = _by_sequence(datums, output.loss_fn_outputs if output is not None else [])
-    groups = [
-        _group(call, _nth(batch, p), trained, scoring) for p, call in enumerate(rollout_calls)
-    ]
-    validation = [
-        rollout
-        for i, call in enumerate(validation_calls)
-        for rollout in _rollouts(
-            call, scoring.tokenizer, scoring.validation_reward, _nth(val_problems, i)
-        )
-    ]
-    loss = None if output is None else float(output.metrics.get("loss:sum", float("nan")))
-    return Step(number, final and not rollout_calls, groups, validation, loss, len(datums),
-                _timings(calls, rollout_calls))  # fmt: skip
-
-
-def _nth(problems: list[Problem] | None, i: int) -> Problem | None:
-    return problems[i] if problems is not None and i < len(problems) else None
-
-
-def _group(
-    call: Call,
-    problem: Problem | None,
-    trained: dict[tuple[int, ...], tuple[float, np.ndarray | None]],
-    scoring: Scoring,
-) -> QuestionGroup:
-    """One rollout request: its responses, rewards, and what training made of each."""
-    prompt_tokens = decode(call.request["prompt"]).to_ints()
-    matches = None
-    if problem is not None:
-        expected = format_prompt(problem.question, scoring.use_r1_zero_format)
-        matches = encode_prompts(scoring.tokenizer, [expected])[0].to_ints() == prompt_tokens
-    rollouts = _rollouts(call, scoring.tokenizer, scoring.reward_fn, problem)
-    for rollout in rollouts:
-        key = (*prompt_tokens, *rollout.tokens.tolist())
-        if key in trained:
-            rollout.advantage, trainer_logprobs = trained[key]
-            if trainer_logprobs is not None:
-                rollout.trainer_logprobs = trainer_logprobs[-len(rollout.tokens) :]
-    return QuestionGroup(call, prompt_tokens, problem, matches, rollouts)
-
-
-def _by_sequence(
-    datums: list[types.Datum], outputs: list[dict[str, types.TensorData]]
-) -> dict[tuple[int, ...], tuple[float, np.ndarray | None]]:
-    """Each trained rollout's advantage and trainer logprobs, by prompt + response tokens
-    (`model_input` plus the last target is exactly that)."""
-    found = {}
-    for d, datum in enumerate(datums):
-        targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
-        key = (*datum.model_input.to_ints(), int(targets[-1]))
-        advantage = float(datum.loss_fn_inputs["advantages"].to_numpy()[-1])
-        logprobs = outputs[d]["logprobs"].to_numpy() if d < len(outputs) else None
-        found[key] = (advantage, logprobs)
-    return found
-
-
-def _rollouts(
-    call: Call, tokenizer: Any, reward_fn: Reward, problem: Problem | None
-) -> list[Rollout]:
-    response: types.SampleResponse = decode(call.response)
-    rollouts = []
-    for sequence in response.sequences:
-        tokens = np.asarray(sequence.tokens, dtype=np.int64)
-        text = tokenizer.decode(tokens.tolist(), skip_special_tokens=True)
-        reward = reward_fn(text, problem.ground_truth) if problem is not None else None
-        logprobs = np.asarray(sequence.logprobs or [], dtype=np.float64)
-        rollouts.append(Rollout(tokens, logprobs, sequence.stop_reason, text, reward))
-    return rollouts
-
-
-def _timings(calls: list[Call], rollout_calls: list[Call]) -> dict[str, float]:
-    def span(chosen: list[Call]) -> float:
-        if not chosen:
-            return 0.0
-        return max(c.submitted_s + c.latency_s for c in chosen) - min(c.submitted_s for c in chosen)
-
-    return {
-        "save": span([c for c in calls if c.method == "save_weights_and_get_sampling_client"]),
-        "sampling": span(rollout_calls),
-        "training": span([c for c in calls if c.method in ("forward_backward", "optim_step")]),
-        "step": span(calls),
-    }
-
-
-# -- showing it -----------------------------------------------------------------------------------
-
-
-def _mean(values: Sequence[float]) -> float | None:
-    return float(np.mean(values)) if len(values) else None
+from harness.backends.replay_service import ReplayError
+from harness.cassette_view import Rollout, RunView, Step, find_step, load_view, replay_flags
+from harness.data import Problem
+from harness.rewards import extract_answer
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -356,17 +60,6 @@ def header_panel(view: RunView) -> Panel:
     return Panel("\n".join(lines), title=escape(str(view.cassette.path)), expand=False)
 
 
-def replay_flags(view: RunView) -> list[str]:
-    """The flags that replay this cassette: the recorded ones that are not defaults."""
-    defaults = dataclasses.asdict(Config())
-    skip = {"backend", "log_path", "record_cassette", "cassette", "replay_realtime", "base_url"}
-    flags = ["--backend=replay", f"--cassette={view.cassette.path}"]
-    for name, value in view.config.items():
-        if name not in skip and name in defaults and value != defaults[name]:
-            flags.append(f"--{name}={value}")
-    return flags
-
-
 def _table(title: str, columns: str, width: int = 28) -> Table:
     """A borderless table of one-line cells: columns named `<name` are left-aligned text cut
     to `width` characters, the rest right-aligned numbers."""
@@ -392,25 +85,28 @@ def step_table(view: RunView) -> Table:
         " fraction cut at max_tokens; val: greedy validation accuracy before the step"
     )
     for step in view.steps:
-        rollouts = [r for g in step.groups for r in g.rollouts]
-        rewards = [r.reward for r in rollouts if r.reward is not None]
-        lengths = [len(r.tokens) for r in rollouts]
-        rewards_P = [g.rewards for g in step.groups if g.rewards is not None]
-        zero_var = sum(len(set(r)) == 1 for r in rewards_P)
-        val = [r.reward["answer_reward"] for r in step.validation if r.reward is not None]
+        m = step.metrics
+        groups = len(step.groups)
+        zero_var = m.get("train/frac_zero_variance_groups")
         table.add_row(
             _step_name(step),
-            _fmt(_mean([r["reward"] for r in rewards])),
-            _fmt(_mean([r["answer_reward"] for r in rewards])),
-            _fmt(_mean([r["format_reward"] for r in rewards])),
-            f"{zero_var}/{len(rewards_P)}" if rewards_P else "—",
-            str(step.n_datums),
-            f"{_fmt(_mean(lengths), 1)}/{max(lengths)}" if lengths else "—",
-            _fmt(_mean([r.stop_reason == "length" for r in rollouts]), 2),
-            "—" if step.loss is None else f"{step.loss:.3g}",
-            _fmt(_mean(val)),
+            _fmt(m.get("reward/mean")),
+            _fmt(m.get("reward/answer_mean")),
+            _fmt(m.get("reward/format_mean")),
+            "—" if zero_var is None else f"{round(zero_var * groups)}/{groups}",
+            str(int(m.get("train/datums", 0))),
+            _length(m),
+            _fmt(m.get("response/truncated_frac"), 2),
+            "—" if "train/loss" not in m else f"{m['train/loss']:.3g}",
+            _fmt(m.get("val/accuracy")),
         )
     return table
+
+
+def _length(metrics: dict[str, float]) -> str:
+    if "response/length_mean" not in metrics:
+        return "—"
+    return f"{metrics['response/length_mean']:.1f}/{metrics['response/length_max']:.0f}"
 
 
 def timing_table(view: RunView) -> Table:
@@ -427,14 +123,6 @@ def timing_table(view: RunView) -> Table:
 
 def _step_name(step: Step) -> str:
     return "final" if step.final else str(step.number)
-
-
-def find_step(view: RunView, number: int) -> Step:
-    for step in view.steps:
-        if step.number == number and not step.final:
-            return step
-    recorded = [s.number for s in view.steps if not s.final]
-    raise ValueError(f"--step={number}: the cassette records steps {recorded}")
 
 
 def groups_table(step: Step) -> Table:

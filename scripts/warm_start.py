@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import sys
 import tempfile
 import textwrap
 import time
@@ -36,9 +35,7 @@ from harness.data import BatchCursor, Problem, load_problems, next_batch
 from harness.evaluation import Sampling, evaluate, validation_metrics, validation_subset
 from harness.prompts import format_prompt
 from harness.rewards import make_reward_fn
-
-sys.path.insert(0, str(Path(__file__).parent))
-from make_tiny_model import ModelShape, count_parameters, save_random_model
+from harness.tiny_model import ModelShape, count_parameters, save_random_model
 
 # Spelled out in the README's command even at their defaults; other flags only when changed.
 COMMAND_FLAGS = ("out", "seed", "learning_rate", "batch_size", "target_accuracy")

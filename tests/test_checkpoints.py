@@ -1,7 +1,14 @@
 import json
 from types import SimpleNamespace
 
-from harness.checkpoints import index_path, last_checkpoint, save_checkpoint
+from harness.checkpoints import (
+    checkpoint_name,
+    index_path,
+    last_checkpoint,
+    rolling_name,
+    save_checkpoint,
+    step_of,
+)
 from harness.cost import Tokens
 from harness.data import BatchCursor
 from harness.jsonl import append_json_line, read_json_lines
@@ -75,3 +82,13 @@ def test_json_lines_round_trip(tmp_path):
     for row in rows:
         append_json_line(path, row)
     assert read_json_lines(path) == rows
+
+
+def test_a_saved_paths_step_is_the_step_its_name_was_made_from():
+    for step in (0, 7, 123456):
+        for name in (checkpoint_name(step), rolling_name(step)):
+            assert step_of(name) == step
+            assert step_of(f"tinker://run-1/weights/{name}") == step
+            assert step_of(f"tinker://run-1/sampler_weights/{name}/") == step
+    for other in ("tinker://run-1/weights/final", "step_12", "tinker://x/weights/step_000001b", ""):
+        assert step_of(other) is None

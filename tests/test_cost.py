@@ -10,7 +10,6 @@ import tinker
 
 from harness.backends.cassette import read_cassette
 from harness.backends.cassette_codec import decode
-from harness.backends.replay import ReplayServiceClient, recorded_reward_fn
 from harness.cost import (
     Price,
     PriceTableError,
@@ -21,11 +20,9 @@ from harness.cost import (
     training_tokens,
     usage_metrics,
 )
-from harness.data import load_problems
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
-from harness.loop import train
-from tests.test_replay_loop import GOLDEN, REPO, recorded_config
+from tests.support.golden import CONFIG, GOLDEN, recorded_config, replay
 
 HAND_TABLE = """
 ["fixtures/tiny-qwen3"]
@@ -140,23 +137,13 @@ class Warnings(RunLogger):
 
 
 def replay_golden(log_path: Path, prices) -> tuple[list[dict], list[str]]:
-    config = recorded_config(GOLDEN, log_path)
-    dataset = REPO / config.dataset_path
-    logger = Warnings(config)
-    train(
-        config,
-        ReplayServiceClient(GOLDEN),
-        load_problems(config.dataset, "train", dataset),
-        load_problems(config.dataset, "test", dataset),
-        logger,
-        reward_fn=recorded_reward_fn(GOLDEN),
-        prices=prices,
-    )
+    logger = Warnings(recorded_config(GOLDEN, log_path))
+    replay(log_path, logger, prices=prices)
     return read_json_lines(log_path / "metrics.jsonl"), logger.warnings
 
 
 def test_a_priced_run_logs_each_steps_cost_and_the_runs_total(tmp_path):
-    rows, warnings = replay_golden(tmp_path, {"fixtures/tiny-qwen3": HAND_PRICE})
+    rows, warnings = replay_golden(tmp_path, {CONFIG["model_name"]: HAND_PRICE})
     assert not any("no price" in w for w in warnings)
     for row in rows:
         step = Tokens(*(int(row[f"tokens/{k}"]) for k in ("prefill", "sampled", "trained")))
@@ -169,7 +156,7 @@ def test_a_priced_run_logs_each_steps_cost_and_the_runs_total(tmp_path):
 def test_a_model_without_a_price_logs_tokens_and_warns_once(tmp_path):
     rows, warnings = replay_golden(tmp_path, {})
     assert [w for w in warnings if "no price" in w] == [
-        "no price for fixtures/tiny-qwen3 in the price table: logging tokens, not dollars "
+        f"no price for {CONFIG['model_name']} in the price table: logging tokens, not dollars "
         "(--price_table=FILE adds one)"
     ]
     assert all("tokens/sampled" in row and "cost/total_usd" not in row for row in rows)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.data import BatchCursor, DatasetUnavailable, load_gsm8k, next_batch
+from harness.data import BatchCursor, DatasetUnavailable, cursor_at_step, load_gsm8k, next_batch
 from harness.data.gsm8k import read_jsonl_problems
 
 
@@ -108,3 +108,11 @@ def test_seeds_give_different_orders():
     first, _ = next_batch(BatchCursor(), 100, 10, seed=0)
     other, _ = next_batch(BatchCursor(), 100, 10, seed=1)
     assert first != other
+
+
+@given(n=st.integers(1, 30), batch_size=st.integers(1, 12), step=st.integers(0, 20))
+def test_the_cursor_at_a_step_is_where_that_many_batches_leave_it(n, batch_size, step):
+    cursor = BatchCursor()
+    for _ in range(step):
+        _, cursor = next_batch(cursor, n, batch_size, seed=5)
+    assert cursor_at_step(step, n, batch_size) == cursor

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 import harness.backends
 import harness.cli
 from harness.cli import main
-from tests.test_loop import REPO
+from tests.support.runs import REPO
 
 
 @pytest.fixture
@@ -77,7 +76,7 @@ def test_the_estimate_in_a_fresh_process_is_one_command(gsm8k_dir, tiny_model_di
         [sys.executable, str(REPO / "scripts" / "grpo_train_tinker.py"),
          f"--model_name={tiny_model_dir}", f"--dataset_path={gsm8k_dir}", "--estimate_cost=True",
          "--n_grpo_steps=2", "--assumed_response_tokens=50"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "expected: responses of 50 tokens on average" in result.stdout

@@ -11,7 +11,7 @@ import pytest
 from harness.cli import main as train_main
 from harness.eval_cli import main
 from harness.jsonl import read_json_lines
-from tests.test_loop import SMOKE
+from tests.support.runs import SMOKE
 
 REPO = Path(__file__).resolve().parent.parent
 ARITH = [

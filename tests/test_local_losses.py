@@ -1,5 +1,7 @@
 """The local backend's losses equal docs/DESIGN.md §3's formulas (and, for dro and gspo, those of
-Tinker's documentation, tinker-docs.thinkingmachines.ai/tinker/losses/), values and gradients."""
+Tinker's documentation, tinker-docs.thinkingmachines.ai/tinker/losses/), values and gradients.
+stable_reinforce, whose formula Tinker does not publish, is the importance-sampling REINFORCE
+objective here (harness/backends/local/losses.py says why)."""
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ def design_loss(name: str, target_lp, inputs: dict, lo: float = 0.8, hi: float =
         return -(target_lp * inputs["weights"]).sum()
     ratio = torch.exp(target_lp - inputs["logprobs"])
     advantages = inputs["advantages"]
-    if name == "importance_sampling":
+    if name in ("importance_sampling", "stable_reinforce"):
         return -(ratio * advantages).sum()
     if name == "ppo":
         return -torch.min(ratio * advantages, torch.clamp(ratio, lo, hi) * advantages).sum()
@@ -80,7 +82,15 @@ def reference_logprobs(model, tokens: np.ndarray, targets: np.ndarray) -> torch.
     return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(targets)[:, None])[:, 0]
 
 
-ALL_LOSSES = ["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo"]
+ALL_LOSSES = [
+    "cross_entropy",
+    "importance_sampling",
+    "ppo",
+    "cispo",
+    "dro",
+    "gspo",
+    "stable_reinforce",
+]
 
 
 @pytest.mark.parametrize("name", ALL_LOSSES)
@@ -121,7 +131,7 @@ def test_loss_and_gradient_match_design(service, tiny_model_dir, tokens_D, name)
         assert (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-7
 
 
-@pytest.mark.parametrize("name", ["importance_sampling", "ppo", "cispo", "dro", "gspo"])
+@pytest.mark.parametrize("name", ALL_LOSSES[1:])
 def test_pure_losses_match_design_on_random_tensors(name):
     target_lp = torch.tensor(RNG.uniform(-3, 0, size=(4, 7)), requires_grad=True)
     inputs = {
@@ -164,8 +174,10 @@ def test_loss_options_are_checked_by_name():
         local_losses.resolve("dro", None)
     with pytest.raises(ValueError, match=r"keys \['eps'\] are not options of 'gspo'"):
         local_losses.resolve("gspo", {"eps": 0.2})
-    with pytest.raises(ValueError, match="does not implement loss_fn 'stable_reinforce'"):
-        local_losses.resolve("stable_reinforce", None)
+    with pytest.raises(ValueError, match=r"keys \['kl_coeff'\] are not options of 'stable_r"):
+        local_losses.resolve("stable_reinforce", {"kl_coeff": 0.01})
+    with pytest.raises(ValueError, match="unknown loss_fn 'reinforce_plus_plus'"):
+        local_losses.resolve("reinforce_plus_plus", None)
     assert local_losses.resolve("dro", {"beta": 0.05})[1] == {"beta": 0.05}
 
 

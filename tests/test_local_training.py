@@ -12,47 +12,17 @@ import torch
 from tinker import types
 
 from harness.backends.local import LocalServiceClient
+from tests.support.local_training import (
+    ADAM,
+    PROBE,
+    adapted_modules,
+    adapter,
+    batch,
+    probe_logprobs,
+    step,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ADAM = types.AdamParams(learning_rate=0.02, weight_decay=0.1, grad_clip_norm=5.0)
-
-
-def ppo_datum(tokens: list[int], seed: int) -> types.Datum:
-    rng = np.random.default_rng(seed)
-    n = len(tokens) - 1
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={
-            "target_tokens": np.asarray(tokens[1:], dtype=np.int64),
-            "logprobs": rng.uniform(-8, -7, size=n).astype(np.float32),
-            "advantages": rng.normal(size=n).astype(np.float32),
-        },
-    )
-
-
-def batch(seed: int, count: int = 3) -> list[types.Datum]:
-    rng = np.random.default_rng(seed)
-    return [
-        ppo_datum(rng.integers(1, 2000, size=rng.integers(4, 12)).tolist(), seed * 100 + i)
-        for i in range(count)
-    ]
-
-
-PROBE = batch(99)
-
-
-def probe_logprobs(client) -> np.ndarray:
-    output = client.forward(PROBE, "ppo").result()
-    return np.concatenate([out["logprobs"].to_numpy() for out in output.loss_fn_outputs])
-
-
-def adapted_modules(client) -> set[str]:
-    """Names of the modules with LoRA weights (`...q_proj.lora_A.default.weight` -> q_proj)."""
-    return {n.split(".")[-4] for n, p in client.model.named_parameters() if p.requires_grad}
-
-
-def adapter(client) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in client.model.parameters() if p.requires_grad]
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +37,6 @@ def base(tiny_model_dir) -> str:
 
 def new_client(service, base, seed=3):
     return service.create_lora_training_client(base, rank=4, seed=seed).result()
-
-
-def step(client, data) -> float:
-    loss = client.forward_backward(data, "ppo").result().metrics["loss:sum"]
-    client.optim_step(ADAM).result()
-    return loss
 
 
 def test_two_forward_backwards_then_one_step_equal_one_combined_call(service, base):
@@ -190,8 +154,7 @@ def test_resume_from_state_continues_exactly(service, base, tmp_path):
     script = f"""
 import json, sys
 import numpy as np
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_local_training import ADAM, batch, probe_logprobs, step
+from tests.support.local_training import batch, probe_logprobs, step
 from harness.backends.local import LocalServiceClient
 service = LocalServiceClient({str(service.store.root)!r})
 client = service.create_training_client_from_state_with_optimizer({path!r}).result()
@@ -199,7 +162,7 @@ loss = step(client, batch(6))
 print(json.dumps({{"loss": loss, "probe": probe_logprobs(client).tolist()}}))
 """
     run = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["loss"] == pytest.approx(losses[0], rel=1e-6, abs=1e-6)

@@ -23,17 +23,18 @@ from harness.data import load_gsm8k
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
 from harness.loop import train
-from tests.support.metrics import without_timings
+from harness.metrics import without_timings
+from tests.support.runs import (
+    REPO,
+    SMOKE,
+    checkpoint_steps,
+    metric_steps,
+    offline_args,
+    run_script,
+    wait_for,
+)
 from tests.support.varied_reward_run import varied_reward
 
-REPO = Path(__file__).resolve().parent.parent
-SMOKE = [
-    "--n_grpo_steps=5",
-    "--rollout_batch_size=8",
-    "--group_size=2",
-    "--save_every=2",
-    "--eval_every=2",
-]
 README_METRICS = [
     "progress/grpo_step",
     "progress/done_frac",
@@ -64,18 +65,6 @@ TRAINING_METRICS = [
     "train/ratio_max",
     "train/clip_frac",
 ]
-
-
-def offline_args(tiny_model_dir: Path, gsm8k_dir: Path, log_path: Path) -> list[str]:
-    return [
-        "--backend=local",
-        f"--model_name={tiny_model_dir}",
-        f"--dataset_path={gsm8k_dir}",
-        f"--log_path={log_path}",
-        "--sampling_max_tokens=24",
-        "--eval_n=6",
-        "--learning_rate=1e-3",
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -216,34 +205,6 @@ def test_every_sampling_request_is_in_flight_before_any_wait(tmp_path, tiny_mode
     # each batch is wholly submitted before any of its answers is awaited.
     batches = [6, 16, 6]
     assert events == [e for n in batches for e in ["submit"] * n + ["done"] * n]
-
-
-def run_script(log_path: Path, base_args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "support" / "varied_reward_run.py"), *base_args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(predicate, process: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline, "timed out waiting for the run"
-        time.sleep(0.02)
-
-
-def checkpoint_steps(log_path: Path) -> list[int]:
-    return [row["step"] for row in read_json_lines(log_path / "checkpoints" / "index.jsonl")]
-
-
-def metric_steps(log_path: Path) -> list[int]:
-    return [row["progress/grpo_step"] for row in read_json_lines(log_path / "metrics.jsonl")]
 
 
 @pytest.mark.slow

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from harness.jsonl import append_json_line
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from plot_metrics import Args, curves, main
+from scripts.plot_metrics import Args, curves, main
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,8 +9,8 @@ import pytest
 from harness.backends.cassette import read_cassette
 from harness.cli import main
 from harness.jsonl import read_json_lines
+from harness.metrics import without_timings
 from tests.support.adapters import ADAPTER, POPULATION_STD, adapters_file, formula_adapters
-from tests.support.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,7 +108,7 @@ def test_a_replay_with_other_advantages_names_the_first_step_that_differs(
         f"--log_path={tmp_path / 'replay'}",
         f"--adapters={formula_adapters(tmp_path / 'student', POPULATION_STD)}",
     ]
-    assert main(flags) == 1
+    assert main(flags, reward_fn=varied_reward) == 1
     err = capsys.readouterr().err
     assert "its sources (" in err and "differ from the recorded run's" in err
     assert "replay error: step 0: the advantages differ from the recording, first in group" in err

@@ -10,6 +10,7 @@ import pytest
 import tinker
 from transformers import AutoTokenizer
 
+from harness import tiny_model
 from harness.cli import main, parse_config
 from harness.cost import Tokens, sampling_tokens
 from harness.data import BatchCursor, load_gsm8k, next_batch
@@ -21,7 +22,6 @@ from harness.prompts import format_prompt
 from harness.qwen3_tokenizer import QWEN3_TOKENIZER_DIR
 from harness.rewards import gsm8k_reward_fn, make_reward_fn
 from harness.rollouts import encode_prompts, stop_sequences
-from tests.support.scripts import load_script
 from tests.support.varied_reward_run import varied_reward
 
 THINK, THINK_END, IM_END, ENDOFTEXT = 151667, 151668, 151645, 151643
@@ -198,12 +198,11 @@ def test_the_estimate_counts_the_prompts_the_loop_sends(tokenizer, gsm8k_dir):
 
 @pytest.mark.slow
 def test_a_tiny_model_of_qwen3s_vocabulary_trains_through_the_local_server(tmp_path, gsm8k_dir):
-    make_tiny_model = load_script("make_tiny_model.py", "make_tiny_model")
-    shape = make_tiny_model.ModelShape(
+    shape = tiny_model.ModelShape(
         hidden=8, layers=1, heads=2, kv_heads=1, head_dim=4, intermediate=16
     )
     model_dir = tmp_path / "tiny-qwen3-vocab"
-    model = make_tiny_model.save_random_model(QWEN3_TOKENIZER_DIR, model_dir, shape, seed=0)
+    model = tiny_model.save_random_model(QWEN3_TOKENIZER_DIR, model_dir, shape, seed=0)
     assert model.config.vocab_size == 151_680 and model.config.eos_token_id == IM_END
     log_path = tmp_path / "run"
     flags = [

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from harness.backends.cassette import read_cassette
 from harness.backends.cassette_codec import decode, encode
 from harness.backends.record import RecordingServiceClient
-from harness.backends.replay import (
+from harness.backends.replay_service import (
     TOKENIZER_ENV,
     RecordedError,
     ReplayError,
@@ -25,10 +25,10 @@ from harness.backends.replay import (
 )
 from harness.cli import main
 from harness.jsonl import read_json_lines
+from harness.metrics import without_timings
 from tests.support.fake_backend import PARAMS, PROMPT, FakeService, response
-from tests.support.metrics import without_timings
+from tests.support.runs import SMOKE as LOOP_SMOKE
 from tests.support.varied_reward_run import varied_reward
-from tests.test_loop import SMOKE as LOOP_SMOKE
 
 SMOKE = [*LOOP_SMOKE, "--sampling_max_tokens=24", "--eval_n=6", "--learning_rate=1e-3"]
 SECRETS = {
@@ -68,8 +68,7 @@ def replay_args(recorded, log_path: Path, *flags: str) -> list[str]:
 def test_replay_reproduces_the_recorded_run_without_the_model(recorded, tmp_path):
     root, _ = recorded
     assert not (root / "model" / "model.safetensors").exists()
-    # No reward_fn: the training script takes the recorded one from the cassette's header.
-    assert main(replay_args(recorded, tmp_path)) == 0
+    assert main(replay_args(recorded, tmp_path), varied_reward) == 0
 
     original = without_timings(read_json_lines(root / "run" / "metrics.jsonl"))
     assert any(row.get("train/datums", 0) > 0 for row in original)  # real training calls
@@ -77,6 +76,15 @@ def test_replay_reproduces_the_recorded_run_without_the_model(recorded, tmp_path
     for name in ("checkpoints/index.jsonl", *(f"eval/step_{s:06d}.jsonl" for s in (0, 2, 4, 5))):
         assert (tmp_path / name).read_text() == (root / "run" / name).read_text(), name
     assert not (tmp_path / "tinker-storage").exists()  # nothing was trained or saved
+
+
+def test_a_reward_from_outside_the_harness_is_not_imported_by_a_replay(recorded, tmp_path, capsys):
+    assert main(replay_args(recorded, tmp_path)) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "recorded with the reward tests.support.varied_reward_run:varied_reward" in error
+    assert "only rewards from harness.*" in error
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 def first_call(recorded, method: str) -> int:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import pytest
 
-from harness.backends.cassette import read_header
-from harness.backends.replay import ReplayServiceClient, recorded_reward_fn
-from harness.config import Config
-from harness.data import load_problems
 from harness.jsonl import read_json_lines
-from harness.logger import RunLogger
-from harness.loop import train
-from tests.support.metrics import without_timings
+from harness.metrics import without_timings
+from tests.support.golden import METRICS, replay
 
-REPO = Path(__file__).resolve().parent.parent
-GOLDEN = REPO / "fixtures" / "cassettes" / "smoke.jsonl"
 STEP_METRICS = [
     "progress/grpo_step",
     "progress/done_frac",
@@ -36,40 +26,17 @@ STEP_METRICS = [
 TRAINING_METRICS = ["train/loss", "train/kl_sampler_trainer", "train/ratio_mean", "train/clip_frac"]
 
 
-def recorded_config(cassette: Path, log_path: Path) -> Config:
-    """The recorded run's flags, pointed at a fresh log folder."""
-    recorded = read_header(cassette)["config"]
-    fields = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in recorded.items() if k in fields})
-    return dataclasses.replace(
-        config, backend="replay", cassette=str(cassette), log_path=str(log_path)
-    )
-
-
 @pytest.fixture(scope="module")
 def replayed(tmp_path_factory):
     log_path = tmp_path_factory.mktemp("golden")
-    config = recorded_config(GOLDEN, log_path)
-    service = ReplayServiceClient(GOLDEN)
-    dataset = REPO / config.dataset_path
-    train_problems = load_problems(config.dataset, "train", dataset)
-    test_problems = load_problems(config.dataset, "test", dataset)
-    result = train(
-        config,
-        service,
-        train_problems,
-        test_problems,
-        RunLogger(config),
-        reward_fn=recorded_reward_fn(GOLDEN),
-    )
+    config, service, result = replay(log_path)
     return log_path, config, result, service
 
 
 def test_the_golden_cassette_replays_to_its_recorded_metrics(replayed):
     log_path, _, _, service = replayed
-    expected = read_json_lines(GOLDEN.with_suffix(".metrics.jsonl"))
     rows = read_json_lines(log_path / "metrics.jsonl")
-    assert without_timings(rows) == expected
+    assert without_timings(rows) == METRICS
     assert service.replay.unreplayed() == []  # every recorded call was asked for
 
 

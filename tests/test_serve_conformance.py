@@ -162,6 +162,32 @@ def test_the_newer_built_in_losses_match_in_process(sdk, local, loss_fn, config)
     assert remote.metrics["loss:sum"] != 0
 
 
+def test_stable_reinforce_as_the_cookbook_sends_it_is_importance_sampling(sdk, local):
+    # tinker-cookbook's rl_loop.py: a sampler that records stability information, and Datums
+    # whose provenance names the sampled sequence behind every position.
+    remote, reference = trainers(sdk, local)
+    prompt = reference.get_tokenizer().encode("Question: 3 + 4 =")
+    sampler = remote.save_weights_and_get_sampling_client(record_stability_info=True).result()
+    params = types.SamplingParams(max_tokens=6, seed=5)
+    sequence = sampler.sample(types.ModelInput.from_ints(prompt), 1, params).result().sequences[0]
+    datum = ppo_datum(prompt, sequence, 1.0)
+    name, n_prompt, n_sampled = sequence.sequence_id, len(prompt), len(sequence.tokens)
+    with_provenance = datum.with_provenance(
+        model_input=[
+            types.PromptProvenanceSpan(sequence_id=name, length=n_prompt),
+            types.SampledProvenanceSpan(sequence_id=name, length=n_sampled - 1),
+        ],
+        loss_fn_inputs=[
+            types.PromptProvenanceSpan(sequence_id=name, offset=1, length=n_prompt - 1),
+            types.SampledProvenanceSpan(sequence_id=name, length=n_sampled),
+        ],
+    )
+    got = remote.forward_backward([with_provenance], "stable_reinforce").result()
+    want = reference.forward_backward([datum], "importance_sampling").result()
+    assert_same_output(got, want)
+    assert got.metrics["loss:sum"] != 0
+
+
 def test_a_step_the_sdk_splits_into_chunks_trains_as_one_request_does(server, local, monkeypatch):
     """The cloud caps a forward_backward request (1,024 Datums by default) and the SDK splits a
     larger step; gradients then accumulate over the chunks. Here the cap is 2 Datums."""

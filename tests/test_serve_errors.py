@@ -52,8 +52,8 @@ def user_error(future) -> tinker.RequestFailedError:
 
 
 def test_a_loss_the_backend_lacks_is_a_user_error_naming_it(trainer):
-    error = user_error(trainer.forward_backward([datum()], "stable_reinforce"))
-    assert "does not implement loss_fn 'stable_reinforce'" in str(error)
+    error = user_error(trainer.forward_backward([datum()], "reinforce_plus_plus"))
+    assert "unknown loss_fn 'reinforce_plus_plus'" in str(error)
     assert "cross_entropy" in str(error)
 
 

@@ -4,10 +4,8 @@ and no server directory in anything a client sees."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,7 +15,8 @@ from tinker import types
 
 from harness.serve import Limits, LocalTinkerServer
 from harness.serve.__main__ import main as serve_main
-from tests.support.serve import KEY, MODEL, REPO, sdk_session, serving
+from scripts import bench_server_limits
+from tests.support.serve import KEY, MODEL, sdk_session, serving
 
 TIMEOUT_S = 30
 LIMITS = Limits(max_datums=2, max_request_tokens=12, max_num_samples=3, max_sample_tokens=16)
@@ -25,13 +24,8 @@ LIMITS = Limits(max_datums=2, max_request_tokens=12, max_num_samples=3, max_samp
 
 @pytest.fixture(scope="module")
 def bench():
-    """scripts/bench_server_limits.py, imported as a module to reuse its attacks."""
-    path = REPO / "scripts" / "bench_server_limits.py"
-    spec = importlib.util.spec_from_file_location("bench_server_limits", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    """scripts/bench_server_limits.py as a module, to reuse its attacks."""
+    return bench_server_limits
 
 
 @pytest.fixture(scope="module")

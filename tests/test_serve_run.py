@@ -14,9 +14,8 @@ import pytest
 
 from harness.cli import main
 from harness.jsonl import read_json_lines
-from tests.support.metrics import without_timings
-from tests.support.varied_reward_run import varied_reward
-from tests.test_loop import (
+from harness.metrics import without_timings
+from tests.support.runs import (
     REPO,
     SMOKE,
     checkpoint_steps,
@@ -25,6 +24,7 @@ from tests.test_loop import (
     run_script,
     wait_for,
 )
+from tests.support.varied_reward_run import varied_reward
 
 
 def args(tiny_model_dir: Path, gsm8k_dir: Path, log_path: Path, backend: str) -> list[str]:
@@ -64,7 +64,7 @@ def test_a_standalone_server_serves_a_run_given_its_base_url(
     tmp_path, tiny_model_dir, gsm8k_dir, monkeypatch
 ):
     key = "tml-standalone-3b7a"
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "TINKER_API_KEY": key}
+    environment = {**os.environ, "TINKER_API_KEY": key}
     server = subprocess.Popen(
         [sys.executable, "-m", "harness.serve", f"--model={tiny_model_dir}", "--port=0",
          f"--storage_dir={tmp_path / 'storage'}", "--log_level=warning"],

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from harness import tiny_model
 from harness.data.gsm8k import read_jsonl_problems
-from tests.support.scripts import load_script
+from scripts.make_tiny_model import Args
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 ODD_UNICODE = (
@@ -22,12 +23,6 @@ ODD_UNICODE = (
     "\x00\x07 control bytes \U0010ffff",
     "  leading spaces, $1,234.50 and 18.0% and -7/3",
 )
-
-
-@pytest.fixture(scope="module")
-def make_tiny_model():
-    """The generator script, imported as a module so its functions can be checked directly."""
-    return load_script("make_tiny_model.py", "make_tiny_model")
 
 
 @pytest.fixture(scope="module")
@@ -122,43 +117,39 @@ def test_model_gives_finite_logits_of_the_right_shape(model, tokenizer) -> None:
     assert torch.isfinite(logits_BTV).all()
 
 
-def test_committed_weights_are_what_the_script_builds(make_tiny_model, tiny_model_dir, model):
-    rebuilt = make_tiny_model.build_model(
-        tiny_model_dir, seed=make_tiny_model.Args().seed
-    ).state_dict()
+def test_committed_weights_are_what_the_script_builds(tiny_model_dir, model):
+    rebuilt = tiny_model.build_model(tiny_model_dir, seed=Args().seed).state_dict()
     committed = model.state_dict()
     assert rebuilt.keys() == committed.keys()
     assert all(torch.equal(rebuilt[k], committed[k]) for k in committed)
-    reseeded = make_tiny_model.build_model(tiny_model_dir, seed=1).state_dict()
+    reseeded = tiny_model.build_model(tiny_model_dir, seed=1).state_dict()
     assert not torch.equal(reseeded["lm_head.weight"], committed["lm_head.weight"])
 
 
-def test_build_model_takes_other_shapes(make_tiny_model, tiny_model_dir, tokenizer) -> None:
-    shape = make_tiny_model.ModelShape(hidden=32, layers=1, heads=2, kv_heads=1, head_dim=8)
-    model = make_tiny_model.build_model(tiny_model_dir, shape)
+def test_build_model_takes_other_shapes(tiny_model_dir, tokenizer) -> None:
+    shape = tiny_model.ModelShape(hidden=32, layers=1, heads=2, kv_heads=1, head_dim=8)
+    model = tiny_model.build_model(tiny_model_dir, shape)
     assert model.config.num_hidden_layers == 1
     assert model.config.hidden_size == 32
     assert model.config.vocab_size >= len(tokenizer)
 
 
-def test_model_shape_rejects_bad_sizes(make_tiny_model) -> None:
+def test_model_shape_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError, match="kv_heads"):
-        make_tiny_model.ModelShape(heads=4, kv_heads=3)
+        tiny_model.ModelShape(heads=4, kv_heads=3)
     with pytest.raises(ValueError, match="layers"):
-        make_tiny_model.ModelShape(layers=0)
+        tiny_model.ModelShape(layers=0)
 
 
-def test_committed_tokenizer_is_what_training_gives(make_tiny_model, tiny_model_dir, gsm8k_dir):
+def test_committed_tokenizer_is_what_training_gives(tiny_model_dir, gsm8k_dir):
     problems = read_jsonl_problems(gsm8k_dir / "train.jsonl")
-    corpus = make_tiny_model.tokenizer_corpus(problems)
-    trained = json.loads(
-        make_tiny_model.train_tokenizer(corpus, make_tiny_model.Args().vocab_size).to_str()
-    )
+    corpus = tiny_model.tokenizer_corpus(problems)
+    trained = json.loads(tiny_model.train_tokenizer(corpus, Args().vocab_size).to_str())
     committed = json.loads((tiny_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     for part in ("model", "added_tokens", "normalizer", "pre_tokenizer", "decoder"):
         assert trained[part] == committed[part], part
 
 
-def test_tokenizer_training_rejects_a_vocabulary_below_the_byte_alphabet(make_tiny_model):
+def test_tokenizer_training_rejects_a_vocabulary_below_the_byte_alphabet():
     with pytest.raises(ValueError, match="vocab_size"):
-        make_tiny_model.train_tokenizer(["1 + 1 = 2"], vocab_size=100)
+        tiny_model.train_tokenizer(["1 + 1 = 2"], vocab_size=100)

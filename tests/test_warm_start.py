@@ -2,7 +2,6 @@
 it trains through (every weight trains; checkpoints, resume, sampling and export follow)."""
 
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,8 @@ from transformers import AutoModelForCausalLM
 from harness.backends.local import LocalServiceClient
 from harness.data import load_problems
 from harness.rewards import gsm8k_reward_fn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from make_tiny_model import ModelShape
-from warm_start import Args, command_line, reference_completion, sft_datum
+from harness.tiny_model import ModelShape
+from scripts.warm_start import Args, command_line, reference_completion, sft_datum
 
 WARM_START_README = Path(__file__).resolve().parent.parent / "fixtures" / "tiny-arith" / "README.md"
 

@@ -17,7 +17,7 @@ from tinker.lib.retryable_exception import RetryableException
 from harness.backends.local import LocalServiceClient
 from harness.backends.local.engine import Closed
 from harness.weather import Weather, parse_weather
-from tests.test_local_training import ADAM, adapter, batch
+from tests.support.local_training import ADAM, adapter, batch
 
 MODEL = "fixtures/tiny-qwen3"
 PARAMS = types.SamplingParams(max_tokens=6, temperature=1.0, seed=11)

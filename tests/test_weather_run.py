@@ -10,18 +10,11 @@ import pytest
 from harness.cli import main
 from harness.config import RESUMABLE_CHANGES, Config, ConfigError, validate
 from harness.jsonl import read_json_lines
-from scripts.record_golden_cassettes import SMOKE as GOLDEN_SMOKE
-from tests.support.metrics import without_timings
-from tests.support.varied_reward_run import varied_reward
+from harness.metrics import without_timings
+from tests.support.golden import FLAGS as GOLDEN_FLAGS
+from tests.support.golden import METRICS, REPO
 
-REPO = Path(__file__).resolve().parent.parent
 TINKER_LIKE = REPO / "fixtures" / "weather" / "tinker-like.toml"
-# The golden cassette's run, whose metrics are committed.
-GOLDEN_FLAGS = [
-    f"--model_name={REPO / 'fixtures' / 'tiny-qwen3'}",
-    f"--dataset_path={REPO / 'fixtures' / 'gsm8k'}",
-    *GOLDEN_SMOKE,
-]
 
 
 def fast_tinker_like(tmp_path: Path) -> Path:
@@ -66,10 +59,9 @@ def test_weather_may_change_when_a_run_resumes():
 
 def test_a_run_under_the_clouds_latency_computes_the_calm_runs_steps(tmp_path):
     flags = [*GOLDEN_FLAGS, "--backend=local", f"--weather={fast_tinker_like(tmp_path)}"]
-    assert main([*flags, f"--log_path={tmp_path / 'run'}"], reward_fn=varied_reward) == 0
+    assert main([*flags, f"--log_path={tmp_path / 'run'}"]) == 0
     rows = read_json_lines(tmp_path / "run" / "metrics.jsonl")
-    expected = read_json_lines(REPO / "fixtures" / "cassettes" / "smoke.metrics.jsonl")
-    assert without_timings(rows) == expected
+    assert without_timings(rows) == METRICS
     trained = [row for row in rows[:-1] if row["train/datums"] > 0]
     assert trained
     # forward_backward and optim_step share one 10 ms clock cycle, which they waited for.

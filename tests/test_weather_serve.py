@@ -25,8 +25,8 @@ from harness.serve import Limits
 from harness.serve.__main__ import main as serve_main
 from harness.serve.weather import DIED_EXIT_CODE
 from harness.weather import parse_weather
+from tests.support.local_training import ADAM, batch
 from tests.support.serve import KEY, MODEL, REPO, sdk_client, serving
-from tests.test_local_training import ADAM, batch
 
 TIMEOUT_S = 30
 PARAMS = types.SamplingParams(max_tokens=6, temperature=1.0, seed=11)
@@ -218,7 +218,7 @@ def test_a_checkpoint_expires_through_the_server(tmp_path):
 
 
 def _serve(storage: Path, weather: Path) -> tuple[subprocess.Popen, str]:
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "TINKER_API_KEY": KEY}
+    environment = {**os.environ, "TINKER_API_KEY": KEY}
     server = subprocess.Popen(
         [sys.executable, "-m", "harness.serve", f"--model={MODEL}", "--port=0",
          f"--storage_dir={storage}", "--log_level=warning", f"--weather={weather}"],

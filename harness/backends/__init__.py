@@ -111,7 +111,7 @@ def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> 
         ) as service:
             yield service
     elif backend == "replay":
-        from harness.backends.replay import ReplayServiceClient
+        from harness.backends.replay_service import ReplayServiceClient
 
         yield ReplayServiceClient(config.cassette, realtime=config.replay_realtime)
     else:

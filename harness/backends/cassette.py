@@ -11,7 +11,8 @@ other line is one call:
 `index` is the call's order at submission, `client` the client it was made on (`service`, or
 `<kind>@<index of the call that created it>`), `request` the call's arguments by name (those at
 their SDK default left out, a ModelInput's adjacent text chunks joined), `submitted_s` seconds
-since the recording began and `latency_s` seconds from submission to result. Lines are appended
+since the recording began and `latency_s` seconds from submission to result; a `sample` call
+also has `"purpose": "rollout" | "evaluation"`, what the loop sampled it for. Lines are appended
 as results arrive, so they are in completion order; a line cut short by a kill is skipped on
 reading. A line `{"step_scores": k, "rewards": ..., "advantages": ...}` keeps step k's (P, G)
 rewards and advantages, for a replay to say which step's differ first.
@@ -161,6 +162,9 @@ class Call:
     error: dict[str, str] | None = None
     submitted_s: float = 0.0
     latency_s: float = 0.0
+    purpose: str | None = None
+    """A sample call's `harness.rollouts.Purpose` as the loop marked it; None on other calls,
+    and on every call of a cassette recorded before the mark (see `cassette_view.purpose_of`)."""
 
     @property
     def name(self) -> str:

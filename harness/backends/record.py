@@ -33,6 +33,7 @@ from harness.backends.cassette import (
     canonical_request,
 )
 from harness.backends.cassette_codec import encode, encode_or_repr
+from harness.rollouts import sampling_purpose
 
 # -- secrets --------------------------------------------------------------------------------------
 
@@ -187,10 +188,12 @@ class RecordingClient:
         """The call's index, and how to write its line once its outcome is known."""
         request = canonical_request(self._kind, method, args, kwargs)
         index, submitted = self._recorder.begin()
+        purpose = sampling_purpose() if method == "sample" else None
+        marked = {} if purpose is None else {"purpose": purpose}
 
         def record(arrived: float | None = None, **outcome: Any) -> None:
             times = (submitted, arrived or time.perf_counter())
-            self._recorder.write(index, self._id, method, request, times, **outcome)
+            self._recorder.write(index, self._id, method, request, times, **outcome, **marked)
 
         return index, record
 

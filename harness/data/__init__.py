@@ -1,6 +1,6 @@
 """Problems to train and validate on, and the resumable order in which training takes them."""
 
-from harness.data.cursor import BatchCursor, next_batch
+from harness.data.cursor import BatchCursor, cursor_at_step, next_batch
 from harness.data.gsm8k import DatasetUnavailable, Problem, load_gsm8k
 
 
@@ -19,6 +19,7 @@ __all__ = [
     "BatchCursor",
     "DatasetUnavailable",
     "Problem",
+    "cursor_at_step",
     "load_gsm8k",
     "load_problems",
     "next_batch",

@@ -21,6 +21,13 @@ def epoch_order(n_problems: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_problems)
 
 
+def cursor_at_step(step: int, n_problems: int, batch_size: int) -> BatchCursor:
+    """Where the cursor stands after `step` batches from the start: every batch takes exactly
+    `batch_size` problems, running on into the next epoch's order, so that is a position."""
+    epoch, offset = divmod(step * batch_size, n_problems)
+    return BatchCursor(epoch=epoch, offset=offset)
+
+
 def next_batch(
     cursor: BatchCursor, n_problems: int, batch_size: int, seed: int
 ) -> tuple[list[int], BatchCursor]:

@@ -92,12 +92,16 @@ LOSSES: dict[str, LossSpec] = {
     "cispo": LossSpec(cispo, _POLICY_INPUTS, _CLIP),
     "dro": LossSpec(dro, _POLICY_INPUTS, required_config=("beta",)),
     "gspo": LossSpec(gspo, (*_POLICY_INPUTS, "sequence_ratio_mask"), _CLIP),
-}
-# Built-in losses the local backend cannot compute, and why.
-UNSUPPORTED = {
-    "stable_reinforce": "it needs stability information Tinker's sampler records"
-    " (record_stability_info=True), and Tinker does not publish what that is or the"
-    " formula that uses it",
+    # StableReinforce (docs: losses/stable-reinforce, "Alpha") is published as a REINFORCE
+    # variant that stays stable when the sampling policy differs from the trained one, using
+    # what the sampler records (record_stability_info=True) for the sequences a Datum's
+    # provenance names; its formula, what is recorded, and its option `kl_coeff` (named in
+    # SDK 0.38's ForwardBackwardInput) are not published. Here it is REINFORCE with the
+    # importance ratio to the sampler's logprobs, as importance_sampling: the one thing this
+    # backend's sampler knows of a sequence is its logprobs, and the Datum's `logprobs` are
+    # them (sampling and training share numerics), so nothing is recorded or looked up. It
+    # takes no options, so `kl_coeff` is refused.
+    "stable_reinforce": LossSpec(importance_sampling, _POLICY_INPUTS),
 }
 
 
@@ -105,11 +109,6 @@ def resolve(
     loss_fn: str, loss_fn_config: Mapping[str, float | str] | None
 ) -> tuple[LossSpec, dict[str, float]]:
     """The loss named `loss_fn` and its full config, or a ValueError naming what is wrong."""
-    if loss_fn in UNSUPPORTED:
-        raise ValueError(
-            f"the local backend does not implement loss_fn {loss_fn!r}: {UNSUPPORTED[loss_fn]};"
-            f" it implements {sorted(LOSSES)}"
-        )
     if loss_fn not in LOSSES:
         raise ValueError(
             f"unknown loss_fn {loss_fn!r}; the local backend implements {sorted(LOSSES)}"

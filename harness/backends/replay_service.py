@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import importlib
 import itertools
 import math
 import os
@@ -40,11 +41,11 @@ from harness.backends.cassette import (
 from harness.backends.cassette_codec import decode
 from harness.backends.cassette_compare import first_difference, match_key
 from harness.config import ConfigError
-from harness.plugins import import_module
+from harness.rollouts import sampling_purpose
 
 TOKENIZER_ENV = "HARNESS_REPLAY_TOKENIZER"
 # Reward functions a cassette may name: importing one runs no code from elsewhere.
-REWARD_MODULES = ("harness.", "tests.")
+REWARD_MODULES = ("harness.",)
 
 
 class ReplayError(RuntimeError):
@@ -177,9 +178,15 @@ class Replay:
 
     def _by_content(self, client_id: str, method: str, request: dict[str, Any]) -> Call:
         low, high = self._window()
+        purpose = sampling_purpose()
 
         def in_step(call: Call) -> bool:
-            return call.index in self._pending and low < call.index < high
+            # A rollout answers a rollout, an evaluation an evaluation, where both are marked.
+            return (
+                call.index in self._pending
+                and low < call.index < high
+                and (call.purpose == purpose or None in (call.purpose, purpose))
+            )
 
         for call in self._by_key.get((client_id, method, match_key(request)), []):
             if in_step(call) and first_difference(call.request, request) is None:
@@ -370,9 +377,10 @@ def recorded_reward_fn(cassette: str | Path) -> Callable[[str, str], dict[str, f
             " it from Python with train(..., reward_fn=...)"
         )
     try:
-        return functools.reduce(getattr, qualname.split("."), import_module(module_name))
+        module = importlib.import_module(module_name)
+        return functools.reduce(getattr, qualname.split("."), module)
     except (ImportError, AttributeError) as error:
         raise ConfigError(
             f"--cassette={cassette} was recorded with the reward {name}, which does not import"
-            f" here ({error}); run from the repository's root"
+            f" here ({error})"
         ) from None

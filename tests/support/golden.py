@@ -1,0 +1,61 @@
+"""The golden cassette (fixtures/cassettes/smoke.jsonl), its recorded run and its metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from harness.backends.cassette import read_header
+from harness.backends.replay_service import ReplayServiceClient
+from harness.cassette_view import recorded_flags
+from harness.config import Config
+from harness.data import Problem, load_problems
+from harness.jsonl import read_json_lines
+from harness.logger import RunLogger
+from harness.loop import RunResult, train
+
+REPO = Path(__file__).resolve().parent.parent.parent
+GOLDEN = REPO / "fixtures" / "cassettes" / "smoke.jsonl"
+METRICS = read_json_lines(GOLDEN.with_suffix(".metrics.jsonl"))
+CONFIG = read_header(GOLDEN)["config"]
+# The flags of the recorded run (its paths made absolute), to run it again on any backend.
+FLAGS = recorded_flags({**CONFIG, "model_name": str(REPO / CONFIG["model_name"])})
+
+
+def recorded_config(cassette: Path, log_path: Path) -> Config:
+    """The recorded run's config as a replay of it, into a fresh log folder."""
+    recorded = read_header(cassette)["config"]
+    fields = {f.name for f in dataclasses.fields(Config)}
+    config = Config(**{k: v for k, v in recorded.items() if k in fields})
+    return dataclasses.replace(
+        config, backend="replay", cassette=str(cassette), log_path=str(log_path)
+    )
+
+
+def problems(config: Config) -> tuple[list[Problem], list[Problem]]:
+    """The recorded run's train and test questions."""
+    dataset = None if config.dataset_path is None else str(REPO / config.dataset_path)
+    return (
+        load_problems(config.dataset, "train", dataset),
+        load_problems(config.dataset, "test", dataset),
+    )
+
+
+def replay(
+    log_path: Path, logger: RunLogger | None = None, **train_options: Any
+) -> tuple[Config, ReplayServiceClient, RunResult]:
+    """The golden run replayed by the loop into `log_path` (the logger a RunLogger unless
+    given), with the service that answered it."""
+    config = recorded_config(GOLDEN, log_path)
+    service = ReplayServiceClient(GOLDEN)
+    train_problems, test_problems = problems(config)
+    result = train(
+        config,
+        service,
+        train_problems,
+        test_problems,
+        logger or RunLogger(config),
+        **train_options,
+    )
+    return config, service, result
