@@ -1,6 +1,12 @@
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+from tests.support.strategies import profile_for
+
+settings.load_profile(profile_for(os.environ))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "fixtures"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -199,16 +200,11 @@ def test_every_sampling_request_is_in_flight_before_any_wait(tmp_path, tiny_mode
     events: list[str] = []
     service = DelayedSampling(LocalServiceClient(storage_dir=tmp_path / "storage"), events)
     train_problems, test_problems = load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
-    start = time.perf_counter()
     train(config, service, train_problems, test_problems, RunLogger(config))
-    elapsed = time.perf_counter() - start
-    step_row = read_json_lines(tmp_path / "metrics.jsonl")[0]
     # Validation at step 0 (6 requests), the step's 16 rollout requests, the final validation:
     # each batch is wholly submitted before any of its answers is awaited.
     batches = [6, 16, 6]
     assert events == [e for n in batches for e in ["submit"] * n + ["done"] * n]
-    assert step_row["time/sampling"] < 16 * 0.5 / 2, step_row["time/sampling"]
-    assert elapsed < 16 * 0.5 + 6 * 0.5
 
 
 @pytest.mark.slow
@@ -262,10 +258,19 @@ def test_killed_runs_resume_to_the_same_metrics(tmp_path, tiny_model_dir, gsm8k_
         (["--model_name=no/such/model"], "--model_name=no/such/model: no such model directory"),
     ],
 )
-def test_validation_errors_are_one_line_without_traceback(
-    flags, message, tiny_model_dir, gsm8k_dir, tmp_path
+def test_validation_errors_are_one_line(
+    flags, message, tiny_model_dir, gsm8k_dir, tmp_path, capsys, monkeypatch
 ):
-    argv = [*offline_args(tiny_model_dir, gsm8k_dir, tmp_path), *flags]
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    assert main([*offline_args(tiny_model_dir, gsm8k_dir, tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_mistake_is_one_line_without_traceback_at_the_process_boundary(
+    tiny_model_dir, gsm8k_dir, tmp_path
+):
+    argv = [*offline_args(tiny_model_dir, gsm8k_dir, tmp_path), "--n_grpo_steps=0"]
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "grpo_train_tinker.py"), *argv],
         capture_output=True,
@@ -273,25 +278,15 @@ def test_validation_errors_are_one_line_without_traceback(
         env={k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"},
     )
     assert result.returncode == 2
-    assert message in result.stderr
+    assert "--n_grpo_steps must be positive" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_tinker_backend_without_a_key_stops_before_any_work(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "grpo_train_tinker.py"),
-            "--backend=tinker",
-            f"--log_path={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"},
-    )
-    assert result.returncode == 2
-    assert "TINKER_API_KEY is not set" in result.stderr and "Traceback" not in result.stderr
+def test_tinker_backend_without_a_key_stops_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    assert main(["--backend=tinker", f"--log_path={tmp_path}"]) == 2
+    assert "TINKER_API_KEY is not set" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -302,15 +297,13 @@ def test_base_url_builds_a_real_tinker_service_client(monkeypatch):
         assert isinstance(client, tinker.ServiceClient)
 
 
-def test_run_real_without_a_key_says_how_to_set_it():
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_real.py")],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"},
-    )
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "export TINKER_API_KEY=" in result.stderr
+def test_run_real_without_a_key_says_how_to_set_it(capsys, monkeypatch):
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        runpy.run_path(str(REPO / "scripts" / "run_real.py"), run_name="__main__")
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "export TINKER_API_KEY=" in err
 
 
 def test_wandb_offline_logs_every_row(tmp_path, tiny_model_dir, gsm8k_dir, monkeypatch):

@@ -1,8 +1,14 @@
-"""The README's two fresh-machine commands stay true: CI runs the same test command."""
+"""The README's two fresh-machine commands stay true: CI runs the same test command, and it
+runs the suite and the lint through tox."""
 
+import configparser
+import os
 import re
 import shlex
+import tomllib
 from pathlib import Path
+
+from hypothesis import settings
 
 from harness.cli import parse_config
 
@@ -18,6 +24,26 @@ def test_ci_runs_the_readme_test_command():
     _, test_command = readme_commands()
     ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
     assert test_command in ci_lines
+
+
+def test_the_test_command_runs_the_suite_and_the_lint_through_tox_in_the_venv():
+    _, test_command = readme_commands()
+    assert shlex.split(test_command) == [".venv/bin/tox", "--current-env"]  # every env, here
+    tox = configparser.ConfigParser()
+    tox.read(REPO / "tox.ini")
+    assert tox["tox"]["envlist"].replace(",", " ").split() == ["lint", "tests"]
+    assert "-m pytest -q" in tox["testenv:tests"]["commands"]
+    lint = tox["testenv:lint"]["commands"]
+    assert "ruff check harness scripts tests" in lint
+    assert "ruff format --check harness scripts tests" in lint
+    # --current-env is a plugin's: the install the README and CI make must bring it.
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(pin.startswith("tox-current-env==") for pin in dev["dev"])
+
+
+def test_ci_draws_the_same_hypothesis_examples_on_every_run():
+    assert settings.default.derandomize == (os.environ.get("CI") == "true")
+    assert settings.default.deadline is None
 
 
 def test_ci_installs_what_the_readme_installs():

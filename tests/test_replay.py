@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tinker.lib.public_interfaces.api_future import APIFuture
 from transformers import AutoTokenizer
 
@@ -155,11 +156,12 @@ def start_step(cassette: Path):
     return service, training, sampler, step_calls, calls
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_concurrent_sample_requests_replay_in_any_arrival_order(recorded, seed):
+@settings(max_examples=25)
+@given(data=st.data())
+def test_concurrent_sample_requests_replay_in_any_arrival_order(recorded, data):
     cassette = recorded[0] / "run.jsonl"
     _, training, sampler, step_calls, calls = start_step(cassette)
-    order = random.Random(seed).sample(step_calls, len(step_calls))
+    order = data.draw(st.permutations(step_calls), label="arrival order")
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(sampler.sample, **decode(call.request)) for call in order]
         responses = [future.result().result() for future in futures]

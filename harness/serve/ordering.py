@@ -7,17 +7,44 @@ HTTP requests raced. `SampleBatcher` holds sampling requests until their ids lea
 none has arrived for a short quiet window, then starts them all in `seq_id` order: the
 backend's engine sees one batch, as it does when the same calls are made in process, and
 batches to the same numbers (its float rounding depends on what shares a batch).
+
+Their deadlines run on injected `Timers`: the server's event loop (`LoopTimers`), or a test's
+fake clock that it moves by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
+from typing import Protocol
 
 Start = Callable[[], None]
 # Resends come within seconds of the original; this many recent ids answer them.
 _REMEMBERED = 1024
 _CLONE_BLOCK = 1_000_000_000
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """A clock and callbacks at a time on it (an asyncio event loop is one)."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer: ...
+
+
+class LoopTimers:
+    """The running event loop's clock (monotonic) and timers. The server makes its queues
+    before its loop runs and uses them only on it, so the loop is looked up at each call."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        return asyncio.get_running_loop().call_at(when, callback)
 
 
 class SeqQueue:
@@ -27,9 +54,10 @@ class SeqQueue:
     on (`on_gap`), with every request queued behind the gap, so none waits forever.
     """
 
-    def __init__(self, first_seq_id: int, gap_timeout_s: float):
+    def __init__(self, first_seq_id: int, gap_timeout_s: float, timers: Timers):
         self.next_seq_id = first_seq_id
         self.gap_timeout_s = gap_timeout_s
+        self._timers = timers
         self._waiting: dict[int, tuple[str, Start, Callable[[str], None]]] = {}
         self._request_ids: dict[int, str] = {}
 
@@ -48,7 +76,8 @@ class SeqQueue:
         self._waiting[seq_id] = (request_id, start, on_gap)
         self._start_ready()
         if seq_id in self._waiting:
-            asyncio.get_running_loop().call_later(self.gap_timeout_s, self._give_up, seq_id)
+            deadline = self._timers.time() + self.gap_timeout_s
+            self._timers.call_at(deadline, lambda: self._give_up(seq_id))
 
     def _start_ready(self) -> None:
         while self.next_seq_id in self._waiting:
@@ -82,21 +111,22 @@ class SampleBatcher:
     one (a request lost on the way leaves a hole that never fills).
     """
 
-    def __init__(self, window_s: float, max_wait_s: float):
+    def __init__(self, window_s: float, max_wait_s: float, timers: Timers):
         self.window_s = window_s
         self.max_wait_s = max_wait_s
+        self._timers = timers
         self._queued: list[tuple[tuple[Hashable, int], int, Start]] = []
         self._next: dict[tuple[Hashable, int], int] = {}
         # Per client: how many queued ids are at or past its next one, and the largest.
         self._ahead: dict[tuple[Hashable, int], tuple[int, int]] = {}
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._deadline = 0.0
 
     def submit(self, sampler: Hashable, seq_id: int, start: Start) -> None:
         """Queue `start()` as request `seq_id` of `sampler`."""
-        loop = asyncio.get_running_loop()
+        now = self._timers.time()
         if not self._queued:
-            self._deadline = loop.time() + self.max_wait_s
+            self._deadline = now + self.max_wait_s
         client = (sampler, seq_id // _CLONE_BLOCK)
         self._queued.append((client, seq_id, start))
         if seq_id >= self._first(client):
@@ -104,8 +134,8 @@ class SampleBatcher:
             self._ahead[client] = (count + 1, max(largest, seq_id))
         if self._timer is not None:
             self._timer.cancel()
-        at = min(loop.time() + self.window_s, self._deadline) if self._whole() else self._deadline
-        self._timer = loop.call_at(at, self._start_all)
+        at = min(now + self.window_s, self._deadline) if self._whole() else self._deadline
+        self._timer = self._timers.call_at(at, self._start_all)
 
     def _first(self, client: tuple[Hashable, int]) -> int:
         return self._next.get(client, client[1] * _CLONE_BLOCK)

@@ -29,7 +29,7 @@ from harness.weather import Call, Fired
 
 from . import rest
 from .futures import Failure, FutureStore, Outcome, Payload
-from .ordering import SampleBatcher, SeqQueue
+from .ordering import LoopTimers, SampleBatcher, SeqQueue
 from .proto import (
     decode_forward_backward,
     encode_forward_backward_output,
@@ -138,9 +138,12 @@ class ServerState:
         self.weather = weather
         self.served_models = dict(served_models)
         self.limits = limits = limits or Limits()
-        self.futures = FutureStore(limits.hold_s, limits.keep_s)
+        self.futures = FutureStore(limits.hold_s, limits.keep_s, clock)
         self._clock = clock
-        self._batcher = SampleBatcher(limits.sample_window_s, limits.sample_max_wait_s)
+        self._timers = LoopTimers()
+        self._batcher = SampleBatcher(
+            limits.sample_window_s, limits.sample_max_wait_s, self._timers
+        )
         # One at a time: LoRA init seeds torch's global RNG, which two threads would share.
         self._workers = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serve-load")
         self._sessions: dict[str, Session] = {}
@@ -272,7 +275,11 @@ class ServerState:
         def register(client: LocalTrainingClient) -> Outcome:
             info = client.get_info().model_copy(update={"model_id": model_id})
             self._models[model_id] = Model(
-                model_id, session_id, client, info, SeqQueue(1, self.limits.gap_timeout_s)
+                model_id,
+                session_id,
+                client,
+                info,
+                SeqQueue(1, self.limits.gap_timeout_s, self._timers),
             )
             if loaded_path is None:
                 return _json(types.CreateModelResponse(model_id=model_id))

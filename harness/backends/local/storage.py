@@ -34,10 +34,11 @@ from .checkpoint_format import (
 )
 
 SCHEME = "tinker://"
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# \Z, not $: $ also matches before a final newline, which would let "name\n" through.
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 # Cloud run ids look like `<session>:train:<n>`; accepting ':' lets such a path fail as "not
 # found here" rather than as malformed.
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 # Tinker's server refuses shorter lifetimes; the same floor keeps a local run honest.
 MIN_TTL_SECONDS = 3600
 
