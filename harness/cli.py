@@ -28,6 +28,7 @@ from harness.config import (
     config_changes,
     resolve_backend,
     validate,
+    with_implied_format,
 )
 from harness.cost import Price, PriceTableError, load_price_table
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
@@ -48,7 +49,12 @@ from harness.resilience import RunFailed
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Flags as the original README writes them: `--flag=value`, booleans as True/False."""
-    return tyro.cli(Config, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True)
+    config = tyro.cli(
+        Config, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True
+    )
+    flags = sys.argv[1:] if argv is None else argv
+    given = any(f.split("=")[0] == "--use_r1_zero_format" for f in flags)
+    return with_implied_format(config, format_flag_given=given)
 
 
 def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -> int:

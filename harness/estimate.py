@@ -23,7 +23,7 @@ from harness.cost import Price, Tokens, cost_usd
 from harness.data import BatchCursor, Problem, next_batch
 from harness.data.gsm8k import hub_reachable
 from harness.evaluation import validation_subset
-from harness.prompts import format_prompt
+from harness.prompts import PromptName, format_prompt
 from harness.qwen3_tokenizer import QWEN3_TOKENIZER_DIR
 
 # The SDK splits a forward_backward into requests of at most this many Datums.
@@ -137,7 +137,7 @@ def plan_run(
     test_problems: Sequence[Problem],
 ) -> Plan:
     """Every prompt the run will send, encoded with the real tokenizer; the rest counted."""
-    train_lengths = prompt_lengths(tokenizer, train_problems, config.use_r1_zero_format)
+    train_lengths = prompt_lengths(tokenizer, train_problems, config.prompt_name)
     cursor = BatchCursor()
     rollout_prompt_tokens = 0
     for _ in range(config.n_grpo_steps):
@@ -147,7 +147,7 @@ def plan_run(
         rollout_prompt_tokens += int(train_lengths[indices].sum())
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
     val_problems = [test_problems[i] for i in val_indices]
-    val_lengths = prompt_lengths(tokenizer, val_problems, config.use_r1_zero_format)
+    val_lengths = prompt_lengths(tokenizer, val_problems, config.prompt_name)
     if config.assumed_response_tokens is not None:
         assumed = float(config.assumed_response_tokens)
         assumption = f"responses of {config.assumed_response_tokens} tokens on average"
@@ -178,11 +178,9 @@ def plan_run(
     )
 
 
-def prompt_lengths(
-    tokenizer: Any, problems: Sequence[Problem], use_r1_zero_format: bool
-) -> np.ndarray:
+def prompt_lengths(tokenizer: Any, problems: Sequence[Problem], prompt: PromptName) -> np.ndarray:
     """Each problem's prompt length in tokens, encoded as the loop encodes it."""
-    prompts = [format_prompt(p.question, use_r1_zero_format) for p in problems]
+    prompts = [format_prompt(p.question, prompt) for p in problems]
     return np.array([len(ids) for ids in tokenizer(prompts)["input_ids"]], dtype=np.int64)
 
 

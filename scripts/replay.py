@@ -34,7 +34,7 @@ from harness.config import Config, ConfigError
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
 from harness.evaluation import validation_subset
 from harness.plugins import load_function
-from harness.prompts import format_prompt
+from harness.prompts import PromptName, effective_prompt, format_prompt
 from harness.rewards import extract_answer, make_reward_fn
 from harness.rollouts import encode_prompts
 
@@ -92,6 +92,7 @@ class Scoring:
     validation_reward: Reward
     """The reward validation used: the task's, or the recorded --eval_reward_fn."""
     use_r1_zero_format: bool
+    prompt: PromptName
 
 
 @dataclasses.dataclass
@@ -115,6 +116,7 @@ def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None)
         reward_fn=_reward(cassette, r1_zero, notes),
         validation_reward=_validation_reward(cassette, r1_zero, notes),
         use_r1_zero_format=r1_zero,
+        prompt=effective_prompt(config.get("prompt"), r1_zero),
     )
     train_problems, test_problems = _problems(config, dataset_path, notes)
     start = _start_step(cassette.calls)
@@ -263,7 +265,7 @@ def _group(
     prompt_tokens = decode(call.request["prompt"]).to_ints()
     matches = None
     if problem is not None:
-        expected = format_prompt(problem.question, scoring.use_r1_zero_format)
+        expected = format_prompt(problem.question, scoring.prompt)
         matches = encode_prompts(scoring.tokenizer, [expected])[0].to_ints() == prompt_tokens
     rollouts = _rollouts(call, scoring.tokenizer, scoring.reward_fn, problem)
     for rollout in rollouts:

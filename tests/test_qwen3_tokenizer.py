@@ -83,19 +83,17 @@ def test_digits_are_single_tokens_and_text_round_trips(tokenizer, questions):
 
 
 def test_the_r1_zero_prompts_trailing_think_is_one_token(tokenizer, questions):
-    prompts = encode_prompts(
-        tokenizer, [format_prompt(p.question, use_r1_zero_format=True) for p in questions]
-    )
+    prompts = encode_prompts(tokenizer, [format_prompt(p.question, "r1_zero") for p in questions])
     for prompt, problem in zip(prompts, questions, strict=True):
         ids = prompt.to_ints()
         # The template names the tags twice before; the prompt ends in the opening tag, one token.
         assert ids[-1] == THINK and ids.count(THINK) == 3 and ids.count(THINK_END) == 2
-        assert tokenizer.decode(ids) == format_prompt(problem.question, use_r1_zero_format=True)
+        assert tokenizer.decode(ids) == format_prompt(problem.question, "r1_zero")
 
 
 def test_the_boxed_prompt_holds_no_added_token(tokenizer, questions):
     for problem in questions:
-        prompt = format_prompt(problem.question, use_r1_zero_format=False)
+        prompt = format_prompt(problem.question, "boxed")
         ids = tokenizer.encode(prompt)
         assert max(ids) < ENDOFTEXT and tokenizer.decode(ids) == prompt
 
@@ -104,17 +102,17 @@ def test_stop_sequences_of_a_hybrid_and_a_base_model(tokenizer):
     # Qwen3-8B (hybrid) ends a turn with <|im_end|> and its generation config also stops on
     # <|endoftext|>; Qwen3-8B-Base's tokenizer names <|endoftext|> as EOS. The stop list
     # carries each as a string, which is one token.
-    hybrid = stop_sequences(tokenizer, use_r1_zero_format=True)
+    hybrid = stop_sequences(tokenizer, "r1_zero")
     assert hybrid == ["</answer>", "<|im_end|>", "<|endoftext|>"]
     base_tokenizer = AutoTokenizer.from_pretrained(QWEN3_TOKENIZER_DIR, eos_token="<|endoftext|>")
-    assert stop_sequences(base_tokenizer, use_r1_zero_format=True) == ["</answer>", "<|endoftext|>"]
+    assert stop_sequences(base_tokenizer, "r1_zero") == ["</answer>", "<|endoftext|>"]
     assert tokenizer.encode("<|im_end|>") == [IM_END]
     assert tokenizer.encode("<|endoftext|>") == [ENDOFTEXT]
     # `</answer>` is no token of Qwen's vocabulary: the service matches it in decoded text.
     answer_close = tokenizer.encode("</answer>")
     assert len(answer_close) == 3 and tokenizer.decode(answer_close) == "</answer>"
     # The plain prompt sends no stop list: the service's own EOS stop ends the response.
-    assert stop_sequences(tokenizer, use_r1_zero_format=False) is None
+    assert stop_sequences(tokenizer, "boxed") is None
 
 
 def test_decoding_skips_special_tokens_but_keeps_think_close(tokenizer):
@@ -173,7 +171,9 @@ def test_the_estimate_counts_the_prompts_the_loop_sends(tokenizer, gsm8k_dir):
     plan = plan_run(config, tokenizer, train_problems, test_problems)
 
     def sent(problems) -> int:
-        prompts = encode_prompts(tokenizer, [format_prompt(p.question, True) for p in problems])
+        prompts = encode_prompts(
+            tokenizer, [format_prompt(p.question, "r1_zero") for p in problems]
+        )
         responses = [tinker.SampleResponse(sequences=[]) for _ in prompts]
         return sampling_tokens(prompts, responses).prefill
 
