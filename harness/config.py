@@ -113,8 +113,8 @@ class Config:
     adapters: str | None = None
     """Advantages from a CS336 tests/adapters.py (its run_compute_group_normalized_rewards), or
     from module:function / PATH.py:function of compute_group_normalized_rewards's signature.
-    Checked on a probe batch against the harness's before any paid call. The loss stays
-    Tinker's ppo (GRPO-Clip), whatever the adapters file says."""
+    Checked on a probe batch against the harness's before any paid call. The loss is
+    --loss_type's (Tinker's ppo by default), whatever the adapters file says."""
     reward_fn: str | None = None
     """Training reward, module:function or PATH.py:function: (response, ground_truth) -> dict
     with reward, format_reward, answer_reward (e.g. CS336's r1_zero_reward_fn); default: the
