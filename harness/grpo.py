@@ -107,6 +107,14 @@ def _check_per_sequence(name: str, values_B_1: torch.Tensor, log_probs_B_T: torc
         )
 
 
+def _check_same_shape(old_log_probs: torch.Tensor, policy_log_probs: torch.Tensor) -> None:
+    if old_log_probs.shape != policy_log_probs.shape:
+        raise ValueError(
+            f"old_log_probs shape {tuple(old_log_probs.shape)} differs from"
+            f" policy_log_probs shape {tuple(policy_log_probs.shape)}"
+        )
+
+
 def compute_naive_policy_gradient_loss(
     raw_rewards_or_advantages: torch.Tensor, policy_log_probs: torch.Tensor
 ) -> torch.Tensor:
@@ -127,11 +135,7 @@ def compute_grpo_clip_loss(
     one, i.e. where the clip decided the loss; "ratio" is pi / pi_old (detached).
     """
     _check_per_sequence("advantages", advantages, policy_log_probs)
-    if old_log_probs.shape != policy_log_probs.shape:
-        raise ValueError(
-            f"old_log_probs shape {tuple(old_log_probs.shape)} differs from"
-            f" policy_log_probs shape {tuple(policy_log_probs.shape)}"
-        )
+    _check_same_shape(old_log_probs, policy_log_probs)
     if cliprange < 0:
         raise ValueError(f"cliprange must be >= 0, got {cliprange}")
     ratio_B_T = torch.exp(policy_log_probs - old_log_probs)
@@ -147,11 +151,7 @@ def compute_grpo_no_clip_loss(
     """Per-token -ratio * A with the unclipped ratio pi / pi_old, shape (B, T): the
     assignment's GRPO without clipping. metadata: "ratio" (detached)."""
     _check_per_sequence("advantages", advantages, policy_log_probs)
-    if old_log_probs.shape != policy_log_probs.shape:
-        raise ValueError(
-            f"old_log_probs shape {tuple(old_log_probs.shape)} differs from"
-            f" policy_log_probs shape {tuple(policy_log_probs.shape)}"
-        )
+    _check_same_shape(old_log_probs, policy_log_probs)
     ratio_B_T = torch.exp(policy_log_probs - old_log_probs)
     return -ratio_B_T * advantages, {"ratio": ratio_B_T.detach()}
 
