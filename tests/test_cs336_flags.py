@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from transformers import AutoTokenizer
 
 from harness.cli import main, parse_config
 from harness.config import Config, ConfigError, config_changes, validate
+from harness.eval_cli import EvalConfig, resolved
 from harness.grpo import LOSS_TYPES
 from harness.loop import rollout_params
 from harness.prompts import PROMPT_NAMES
@@ -123,3 +125,14 @@ def test_a_run_resumed_with_another_loss_type_normalization_or_schedule_is_refus
     # A run from before these flags existed had today's values.
     old = {k: v for k, v in before.items() if k not in ("loss_type", "length_normalization")}
     assert config_changes(old, Config()) == {}
+
+
+def test_the_evaluation_script_takes_a_runs_prompt(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"prompt": "question_only", "use_r1_zero_format": False})
+    )
+    from_run = resolved(EvalConfig(run=str(tmp_path)))
+    assert (from_run.prompt, from_run.use_r1_zero_format) == ("question_only", False)
+    alone = resolved(EvalConfig(prompt="question_only"))
+    assert alone.use_r1_zero_format is False  # implied, as the training script implies it
+    assert resolved(EvalConfig()).prompt is None and resolved(EvalConfig()).use_r1_zero_format
