@@ -375,7 +375,11 @@ def grpo_step(
             trained = train_on(training_client, datums_D, schedule, loss, config, waits)
         tokens += training_tokens(datums_D)
     else:
-        what = "reward" if config.loss_type == "no_baseline" else "group had reward variance"
+        what = (
+            "rollout had a reward"
+            if config.loss_type == "no_baseline"
+            else "group had reward variance"
+        )
         logger.warn(f"step {step}: no {what}; training skipped")
 
     metrics |= {

@@ -49,10 +49,6 @@ class TinkerLoss:
     loss_fn_config: dict[str, float] | None
     signal_input: SignalInput
 
-    @property
-    def uses_sampler_logprobs(self) -> bool:
-        return self.signal_input == "advantages"
-
 
 def tinker_loss(loss_type: LossType, cliprange: float) -> TinkerLoss:
     if loss_type == "grpo_clip":
