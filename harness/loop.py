@@ -373,7 +373,8 @@ def grpo_step(
                 origins_D, config.group_size, config.minibatch_size, config.epochs_per_rollout_batch
             )
             trained = train_on(training_client, datums_D, schedule, loss, config, waits)
-        tokens += training_tokens(datums_D)
+        for indices in schedule:  # every Datum sent, as often as it is sent
+            tokens += training_tokens(datums_D[d] for d in indices)
     else:
         what = (
             "rollout had a reward"

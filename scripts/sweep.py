@@ -62,11 +62,13 @@ class Args:
     """The sweep's folder: one log folder per run, the summary and the plot."""
     jobs: int = 1
     """Runs at once."""
+    summary_only: bool = False
+    """Summarise the runs finished so far and run nothing."""
 
 
 def main(argv: Sequence[str]) -> int:
     own, common = split_common(argv)
-    args = tyro.cli(Args, args=own)
+    args = tyro.cli(Args, args=own, config=(tyro.conf.FlagConversionOff,), use_underscores=True)
     console = Console(stderr=True, soft_wrap=True)
     try:
         if args.jobs < 1:
@@ -84,7 +86,7 @@ def main(argv: Sequence[str]) -> int:
         f" {len(runs) - len(todo)} runs already finished, {len(todo)} to run",
         highlight=False,
     )
-    failed = run_all(todo, args.jobs, console)
+    failed = [] if args.summary_only else run_all(todo, args.jobs, console)
     write_summary(runs, args.out, console)
     if failed:
         console.print(

@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 
 from harness.cli import main, parse_config
 from harness.config import Config, ConfigError, config_changes, validate
+from harness.data import load_problems
+from harness.estimate import plan_run
 from harness.eval_cli import EvalConfig, resolved
 from harness.grpo import LOSS_TYPES
 from harness.loop import rollout_params
@@ -136,3 +138,16 @@ def test_the_evaluation_script_takes_a_runs_prompt(tmp_path):
     alone = resolved(EvalConfig(prompt="question_only"))
     assert alone.use_r1_zero_format is False  # implied, as the training script implies it
     assert resolved(EvalConfig()).prompt is None and resolved(EvalConfig()).use_r1_zero_format
+
+
+def test_the_cost_estimate_counts_every_optimizer_step_and_every_epochs_tokens():
+    tokenizer = AutoTokenizer.from_pretrained(TINY)
+    train, test = load_problems("arith", "train"), load_problems("arith", "test")
+    sizes = ["--n_grpo_steps=2", "--rollout_batch_size=4", "--group_size=4", "--eval_n=4"]
+    on_policy = plan_run(parse_config([*sizes, *OFFLINE]), tokenizer, train[:50], test)
+    flags = ["--epochs_per_rollout_batch=2", "--train_batch_size=8"]
+    off_policy = plan_run(parse_config([*sizes, *flags, *OFFLINE]), tokenizer, train[:50], test)
+    assert (on_policy.forward_backwards_per_step, off_policy.forward_backwards_per_step) == (1, 4)
+    assert off_policy.max_datums_per_forward_backward == 8
+    assert off_policy.expected.trained == 2 * on_policy.expected.trained > 0
+    assert off_policy.expected.sampled == on_policy.expected.sampled

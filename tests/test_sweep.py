@@ -117,3 +117,9 @@ def test_the_sweep_runs_its_runs_and_a_rerun_runs_nothing(tmp_path, tiny_model_d
     assert "| loss_type=reinforce_with_baseline | 1 of 1 |" in (out / "summary.md").read_text()
     again = subprocess.run(command, capture_output=True, text=True, check=False)
     assert again.returncode == 0 and "1 runs already finished, 0 to run" in again.stderr
+    (out / "summary.md").unlink()
+    more = [*command[:4], "--seeds", "0", "1", "--summary_only=True", *command[6:]]
+    summary = subprocess.run(more, capture_output=True, text=True, check=False)
+    assert summary.returncode == 0 and "1 runs already finished, 1 to run" in summary.stderr
+    assert "| loss_type=reinforce_with_baseline | 1 of 2 |" in (out / "summary.md").read_text()
+    assert not (out / "loss_type=reinforce_with_baseline" / "seed1").exists()
