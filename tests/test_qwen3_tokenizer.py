@@ -102,17 +102,17 @@ def test_stop_sequences_of_a_hybrid_and_a_base_model(tokenizer):
     # Qwen3-8B (hybrid) ends a turn with <|im_end|> and its generation config also stops on
     # <|endoftext|>; Qwen3-8B-Base's tokenizer names <|endoftext|> as EOS. The stop list
     # carries each as a string, which is one token.
-    hybrid = stop_sequences(tokenizer, "r1_zero")
+    hybrid = stop_sequences(tokenizer, use_r1_zero_format=True)
     assert hybrid == ["</answer>", "<|im_end|>", "<|endoftext|>"]
     base_tokenizer = AutoTokenizer.from_pretrained(QWEN3_TOKENIZER_DIR, eos_token="<|endoftext|>")
-    assert stop_sequences(base_tokenizer, "r1_zero") == ["</answer>", "<|endoftext|>"]
+    assert stop_sequences(base_tokenizer, use_r1_zero_format=True) == ["</answer>", "<|endoftext|>"]
     assert tokenizer.encode("<|im_end|>") == [IM_END]
     assert tokenizer.encode("<|endoftext|>") == [ENDOFTEXT]
     # `</answer>` is no token of Qwen's vocabulary: the service matches it in decoded text.
     answer_close = tokenizer.encode("</answer>")
     assert len(answer_close) == 3 and tokenizer.decode(answer_close) == "</answer>"
     # The plain prompt sends no stop list: the service's own EOS stop ends the response.
-    assert stop_sequences(tokenizer, "boxed") is None
+    assert stop_sequences(tokenizer, use_r1_zero_format=False) is None
 
 
 def test_decoding_skips_special_tokens_but_keeps_think_close(tokenizer):
