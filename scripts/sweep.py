@@ -153,7 +153,8 @@ def write_summary(runs: Sequence[Run], out: Path, console: Console) -> None:
             for point in planned
             if any(r.point == point for r in done)
         ]
-        wrote.append(plot(series, out / "accuracy.png", "validation accuracy, mean over seeds"))
+        title = "greedy validation accuracy, mean over each point's finished seeds"
+        wrote.append(plot(series, out / "accuracy.png", title, reward=False))
     console.print(f"wrote {', '.join(map(str, wrote))}", highlight=False)
     console.print(markdown_table(outcomes, planned), highlight=False, markup=False)
 
