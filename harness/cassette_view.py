@@ -29,7 +29,7 @@ from harness.evaluation import Question, answer_records, validation_metrics, val
 from harness.loop import rollout_metrics, score, training_metrics
 from harness.metrics import length_metrics
 from harness.plugins import load_function
-from harness.prompts import format_prompt
+from harness.prompts import PromptName, effective_prompt, format_prompt
 from harness.rewards import make_reward_fn
 from harness.rollouts import Purpose, encode_prompts, response_arrays
 
@@ -87,6 +87,7 @@ class Scoring:
     validation_reward: Reward
     """The reward validation used: the task's, or the recorded --eval_reward_fn."""
     use_r1_zero_format: bool
+    prompt: PromptName
 
 
 @dataclasses.dataclass
@@ -117,6 +118,7 @@ def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None)
         reward_fn=_reward(cassette, r1_zero, notes),
         validation_reward=_validation_reward(cassette, r1_zero, notes),
         use_r1_zero_format=r1_zero,
+        prompt=effective_prompt(config.get("prompt"), r1_zero),
     )
     train_problems, test_problems = _problems(config, dataset_path, notes)
     start = _start_step(cassette.calls)
@@ -313,7 +315,7 @@ def _groups(
         problem = batch[p] if batch is not None and p < len(batch) else None
         matches = None
         if problem is not None:
-            expected = format_prompt(problem.question, scoring.use_r1_zero_format)
+            expected = format_prompt(problem.question, scoring.prompt)
             matches = encode_prompts(scoring.tokenizer, [expected])[0].to_ints() == prompt
         rollouts = []
         for sequence in response.sequences:

@@ -28,6 +28,7 @@ from harness.config import (
     config_changes,
     resolve_backend,
     validate,
+    with_implied_format,
 )
 from harness.cost import Price, PriceTableError, load_price_table
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
@@ -36,6 +37,7 @@ from harness.evaluation import RewardFn
 from harness.jsonl import write_atomically
 from harness.logger import RunLogger
 from harness.loop import RunResult, train
+from harness.objectives import tinker_loss
 from harness.plugins import (
     PluginError,
     RunFunctions,
@@ -48,7 +50,12 @@ from harness.resilience import RunFailed
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
     """Flags as the original README writes them: `--flag=value`, booleans as True/False."""
-    return tyro.cli(Config, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True)
+    config = tyro.cli(
+        Config, args=argv, config=(tyro.conf.FlagConversionOff,), use_underscores=True
+    )
+    flags = sys.argv[1:] if argv is None else argv
+    given = any(f.split("=")[0] == "--use_r1_zero_format" for f in flags)
+    return with_implied_format(config, format_flag_given=given)
 
 
 def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -> int:
@@ -96,7 +103,7 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         f"{config.log_path}",
         highlight=False,
     )
-    console.print(describe_functions(functions, reward_fn), highlight=False)
+    console.print(describe_functions(functions, reward_fn, config), highlight=False)
     logger = RunLogger(config, console)
     start = time.perf_counter()
     try:
@@ -179,15 +186,18 @@ def first_ground_truths(config: Config, train_problems: Sequence[Problem]) -> li
     return [train_problems[i].ground_truth for i in indices[:4]]
 
 
-def describe_functions(functions: RunFunctions, reward_fn: RewardFn | None) -> str:
-    """Which reward each metric comes from, and what computes the advantages."""
+def describe_functions(functions: RunFunctions, reward_fn: RewardFn | None, config: Config) -> str:
+    """Which reward each metric comes from, what computes the advantages, and the loss."""
     task = "the task's gsm8k_reward_fn"
     seam = getattr(reward_fn, "__qualname__", None)
     training = functions.reward_fn.name if functions.reward_fn else seam or task
     validation = functions.eval_reward_fn.name if functions.eval_reward_fn else task
-    advantages = (
-        functions.adapters.name if functions.adapters else "harness.grpo"
-    ) + " (the loss stays Tinker's ppo)"
+    loss = tinker_loss(config.loss_type, config.cliprange).loss_fn
+    advantages = (functions.adapters.name if functions.adapters else "harness.grpo") + (
+        f" (the loss stays Tinker's {loss})"
+        if config.loss_type == "grpo_clip"
+        else f" (--loss_type={config.loss_type}: Tinker's {loss})"
+    )
     return f"  reward/* from {training}; val/* from {validation}; advantages from {advantages}"
 
 

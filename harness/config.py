@@ -9,6 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from harness.grpo import LengthNormalization, LossType
+from harness.prompts import PromptName, answers_in_tags, effective_prompt
+
 Backend = Literal["auto", "tinker", "local", "local-server", "replay"]
 Dataset = Literal["gsm8k", "arith"]
 
@@ -54,6 +57,20 @@ class Config:
     """Divide advantages by the group std."""
     cliprange: float = 0.2
     """PPO clip range c: ratios are clipped to [1 - c, 1 + c]."""
+    loss_type: LossType = "grpo_clip"
+    """grpo_clip: Tinker's ppo loss (the ratio clipped to 1 -/+ cliprange); grpo_no_clip: its
+    importance_sampling loss (the unclipped ratio); reinforce_with_baseline: cross_entropy with
+    the advantages as signed weights (-A log pi, no ratio); no_baseline: the same with the raw
+    rewards."""
+    length_normalization: LengthNormalization = "sum"
+    """How a response's token losses combine: sum (Tinker's token sum), sequence_mean (their
+    mean over the response, CS336's masked_mean), constant (their sum over
+    --sampling_max_tokens, masked_normalize as in Dr. GRPO)."""
+    epochs_per_rollout_batch: int = 1
+    """Passes over each rollout batch, each of its minibatches one optimizer step."""
+    train_batch_size: int | None = None
+    """Rollouts per optimizer step; it must divide rollout_batch_size * group_size (default:
+    all of them, one optimizer step per rollout batch and epoch)."""
 
     # Sampling.
     sampling_temperature: float = 1.0
@@ -62,6 +79,9 @@ class Config:
     """Max tokens per sampled response."""
     use_r1_zero_format: bool = True
     """R1-Zero prompt with <think></think><answer></answer>; False: plain prompt with \\boxed{}."""
+    prompt: PromptName | None = None
+    """r1_zero, question_only (CS336's: the question alone) or boxed; the reward and the stop
+    sequences follow it (default: the prompt --use_r1_zero_format names)."""
 
     # Data and validation.
     dataset: Dataset = "gsm8k"
@@ -93,8 +113,8 @@ class Config:
     adapters: str | None = None
     """Advantages from a CS336 tests/adapters.py (its run_compute_group_normalized_rewards), or
     from module:function / PATH.py:function of compute_group_normalized_rewards's signature.
-    Checked on a probe batch against the harness's before any paid call. The loss stays
-    Tinker's ppo (GRPO-Clip), whatever the adapters file says."""
+    Checked on a probe batch against the harness's before any paid call. The loss is
+    --loss_type's (Tinker's ppo by default), whatever the adapters file says."""
     reward_fn: str | None = None
     """Training reward, module:function or PATH.py:function: (response, ground_truth) -> dict
     with reward, format_reward, answer_reward (e.g. CS336's r1_zero_reward_fn); default: the
@@ -140,6 +160,24 @@ class Config:
     weather: str | None = None
     """With --backend=local or local-server: a weather profile (TOML, e.g.
     fixtures/weather/tinker-like.toml) giving the cloud's latency and faults."""
+
+    @property
+    def prompt_name(self) -> PromptName:
+        """The prompt the run uses."""
+        return effective_prompt(self.prompt, self.use_r1_zero_format)
+
+    @property
+    def rollouts_per_step(self) -> int:
+        return self.rollout_batch_size * self.group_size
+
+    @property
+    def minibatch_size(self) -> int:
+        """Rollouts per optimizer step."""
+        return self.train_batch_size or self.rollouts_per_step
+
+    @property
+    def optimizer_steps_per_rollout_batch(self) -> int:
+        return self.epochs_per_rollout_batch * self.rollouts_per_step // self.minibatch_size
 
 
 # Flags a resumed run may change: how long it runs, how often it checkpoints and validates,
@@ -204,6 +242,7 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         "eval_every",
         "eval_n",
         "eval_num_samples",
+        "epochs_per_rollout_batch",
     )
     for name in positive:
         if getattr(config, name) <= 0:
@@ -212,6 +251,17 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         raise ConfigError(
             f"--group_size={config.group_size} with --use_std_normalization=True: the group std "
             "needs at least 2 samples per question"
+        )
+    _check_train_batch(config)
+    if config.prompt is not None and config.use_r1_zero_format != answers_in_tags(config.prompt):
+        raise ConfigError(
+            f"--prompt={config.prompt} contradicts --use_r1_zero_format="
+            f"{config.use_r1_zero_format}; --prompt alone decides the prompt, so drop the other"
+        )
+    if config.loss_type == "no_baseline" and config.adapters is not None:
+        raise ConfigError(
+            "--adapters computes advantages, which --loss_type=no_baseline does not use (it"
+            " trains on the raw rewards); drop one of the two"
         )
     if not config.learning_rate > 0:
         raise ConfigError(f"--learning_rate must be positive, got {config.learning_rate}")
@@ -264,6 +314,31 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
             raise ConfigError(f"--cassette={config.cassette}: no such file")
         if config.record_cassette is not None:
             raise ConfigError("--record_cassette cannot record a replay; drop one of the two")
+
+
+def _check_train_batch(config: Config) -> None:
+    rollouts = config.rollouts_per_step
+    size = config.train_batch_size
+    if size is None:
+        return
+    where = (
+        f"the {rollouts} rollouts of a step (--rollout_batch_size={config.rollout_batch_size}"
+        f" x --group_size={config.group_size})"
+    )
+    if size <= 0:
+        raise ConfigError(f"--train_batch_size must be positive, got {size}")
+    if size > rollouts:
+        raise ConfigError(f"--train_batch_size={size} is more than {where}")
+    if rollouts % size:
+        raise ConfigError(f"--train_batch_size={size} does not divide {where}")
+
+
+def with_implied_format(config: Config, format_flag_given: bool) -> Config:
+    """With --prompt and no --use_r1_zero_format, the format flag the prompt implies (so every
+    reader of either agrees); with both, `validate` refuses a contradiction."""
+    if config.prompt is None or format_flag_given:
+        return config
+    return dataclasses.replace(config, use_r1_zero_format=answers_in_tags(config.prompt))
 
 
 def check_eval_sampling(num_samples: int, temperature: float, prefix: str) -> None:

@@ -1,8 +1,9 @@
-"""One sampled rollout -> one `tinker.types.Datum` for the `ppo` / `importance_sampling` losses.
+"""One sampled rollout -> one `tinker.types.Datum` for the `ppo` / `importance_sampling` losses,
+or for `cross_entropy` with signed weights.
 
 For prompt tokens p (P), sampled tokens s (S), sampler logprobs l (S) and advantage A, position i
 of `model_input = p + s[:-1]` predicts `target_tokens[i]` of `p[1:] + s`; only the S response
-targets carry logprobs and advantage, so prompt positions add nothing to the loss.
+targets carry logprobs and advantage (or weight A), so prompt positions add nothing to the loss.
 """
 
 import math
@@ -12,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 from tinker import types
+
+from harness.objectives import SignalInput
 
 Tokens = Sequence[int] | npt.NDArray[np.integer]
 
@@ -59,10 +62,17 @@ def rollout_to_datum(
     sampled_tokens: Tokens,
     sampler_logprobs: Sequence[float] | npt.NDArray[np.floating],
     advantage: float,
+    signal_input: SignalInput = "advantages",
 ) -> types.Datum | None:
-    """The Datum of one rollout (all fields of length P + S - 1), or None when S == 0."""
+    """The Datum of one rollout (all fields of length P + S - 1), or None when S == 0. With
+    `signal_input="weights"` it carries the advantage as cross_entropy's per-token weight and no
+    logprobs (that loss takes none)."""
     return _datum(
-        _prompt(prompt_tokens, "prompt_tokens"), sampled_tokens, sampler_logprobs, advantage
+        _prompt(prompt_tokens, "prompt_tokens"),
+        sampled_tokens,
+        sampler_logprobs,
+        advantage,
+        signal_input,
     )
 
 
@@ -71,6 +81,7 @@ def _datum(
     sampled_tokens: Tokens,
     sampler_logprobs: Sequence[float] | npt.NDArray[np.floating],
     advantage: float,
+    signal_input: SignalInput,
 ) -> types.Datum | None:
     prompt_P = prompt.tokens_P
     sampled_S = _token_array(sampled_tokens, "sampled_tokens")
@@ -89,13 +100,14 @@ def _datum(
     if not np.isfinite(logprobs_N).all():
         raise ValueError("sampler_logprobs must all be finite")
     chunks = [prompt.chunk, _chunk(sampled_S[:-1])] if num_sampled > 1 else [prompt.chunk]
+    signal_N = response_only(num_prompt, num_sampled, advantage)
+    targets_N = np.concatenate([prompt_P[1:], sampled_S])
+    if signal_input == "weights":
+        inputs = {"target_tokens": targets_N, "weights": signal_N}
+    else:
+        inputs = {"target_tokens": targets_N, "logprobs": logprobs_N, "advantages": signal_N}
     return types.Datum(
-        model_input=types.ModelInput.model_construct(chunks=chunks),
-        loss_fn_inputs={
-            "target_tokens": np.concatenate([prompt_P[1:], sampled_S]),
-            "logprobs": logprobs_N,
-            "advantages": response_only(num_prompt, num_sampled, advantage),
-        },
+        model_input=types.ModelInput.model_construct(chunks=chunks), loss_fn_inputs=inputs
     )
 
 
@@ -104,11 +116,13 @@ def step_datums(
     sampled_tokens_P_G: Sequence[Sequence[Tokens]],
     sampler_logprobs_P_G: Sequence[Sequence[Sequence[float]]],
     advantages_P_G: Sequence[Sequence[float]],
+    signal_input: SignalInput = "advantages",
 ) -> tuple[list[types.Datum], list[tuple[int, int]]]:
     """All Datums of one step, and the (problem, member) each came from.
 
-    Groups whose advantages are all zero carry no gradient and are skipped, as are empty
-    responses. `advantages_P_G` may be a (P, G) tensor or array.
+    `advantages_P_G` holds each response's per-token value (the advantage, or the weight of
+    `signal_input="weights"`), a (P, G) sequence, tensor or array. Groups whose values are all
+    zero carry no gradient and are skipped, as are empty responses.
     """
     if hasattr(advantages_P_G, "tolist"):
         advantages_P_G = advantages_P_G.tolist()
@@ -123,7 +137,7 @@ def step_datums(
             continue
         prepared = _prompt(prompt, f"prompt_tokens_P[{p}]")
         for g, member in enumerate(zip(tokens_G, logprobs_G, advantages_G, strict=True)):
-            datum = _datum(prepared, *member)
+            datum = _datum(prepared, *member, signal_input)
             if datum is not None:
                 datums_D.append(datum)
                 sources_D.append((p, g))

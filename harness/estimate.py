@@ -23,7 +23,7 @@ from harness.cost import Price, Tokens, cost_usd
 from harness.data import BatchCursor, Problem, next_batch
 from harness.data.gsm8k import hub_reachable
 from harness.evaluation import validation_subset
-from harness.prompts import format_prompt
+from harness.prompts import PromptName, format_prompt
 from harness.qwen3_tokenizer import QWEN3_TOKENIZER_DIR
 
 # The SDK splits a forward_backward into requests of at most this many Datums.
@@ -75,7 +75,11 @@ class Plan:
     samples_per_request: int
     validation_requests: int
     """Per validation pass (greedy, one sample each)."""
-    max_datums_per_step: int
+    max_datums_per_forward_backward: int
+    forward_backwards_per_step: int
+    """One per optimizer step: each minibatch of each epoch."""
+    epochs: int
+    """Passes over each step's Datums: each is trained on (and billed) that many times."""
     checkpoints: int
     rollout_prompt_tokens: int
     """Prefill of every rollout request of the run (exact)."""
@@ -114,7 +118,7 @@ class Plan:
         return Tokens(
             prefill=self.prefill,
             sampled=round(self.sequences * response_tokens),
-            trained=round(datum_tokens) if trained else 0,
+            trained=round(datum_tokens * self.epochs) if trained else 0,
         )
 
     @property
@@ -137,7 +141,7 @@ def plan_run(
     test_problems: Sequence[Problem],
 ) -> Plan:
     """Every prompt the run will send, encoded with the real tokenizer; the rest counted."""
-    train_lengths = prompt_lengths(tokenizer, train_problems, config.use_r1_zero_format)
+    train_lengths = prompt_lengths(tokenizer, train_problems, config.prompt_name)
     cursor = BatchCursor()
     rollout_prompt_tokens = 0
     for _ in range(config.n_grpo_steps):
@@ -147,7 +151,7 @@ def plan_run(
         rollout_prompt_tokens += int(train_lengths[indices].sum())
     val_indices = validation_subset(len(test_problems), config.eval_n, config.seed)
     val_problems = [test_problems[i] for i in val_indices]
-    val_lengths = prompt_lengths(tokenizer, val_problems, config.use_r1_zero_format)
+    val_lengths = prompt_lengths(tokenizer, val_problems, config.prompt_name)
     if config.assumed_response_tokens is not None:
         assumed = float(config.assumed_response_tokens)
         assumption = f"responses of {config.assumed_response_tokens} tokens on average"
@@ -167,7 +171,9 @@ def plan_run(
         rollout_requests_per_step=config.rollout_batch_size,
         samples_per_request=config.group_size,
         validation_requests=len(val_indices),
-        max_datums_per_step=config.rollout_batch_size * config.group_size,
+        max_datums_per_forward_backward=config.minibatch_size,
+        forward_backwards_per_step=config.optimizer_steps_per_rollout_batch,
+        epochs=config.epochs_per_rollout_batch,
         checkpoints=config.n_grpo_steps // config.save_every
         + (config.n_grpo_steps % config.save_every != 0),
         rollout_prompt_tokens=rollout_prompt_tokens,
@@ -178,17 +184,16 @@ def plan_run(
     )
 
 
-def prompt_lengths(
-    tokenizer: Any, problems: Sequence[Problem], use_r1_zero_format: bool
-) -> np.ndarray:
+def prompt_lengths(tokenizer: Any, problems: Sequence[Problem], prompt: PromptName) -> np.ndarray:
     """Each problem's prompt length in tokens, encoded as the loop encodes it."""
-    prompts = [format_prompt(p.question, use_r1_zero_format) for p in problems]
+    prompts = [format_prompt(p.question, prompt) for p in problems]
     return np.array([len(ids) for ids in tokenizer(prompts)["input_ids"]], dtype=np.int64)
 
 
 def format_plan(config: Config, plan: Plan, tokenizer_note: str, price: Price | None) -> str:
     """The plan as the terminal shows it."""
-    fb_requests = math.ceil(plan.max_datums_per_step / SDK_DATUMS_PER_REQUEST)
+    fb_requests = math.ceil(plan.max_datums_per_forward_backward / SDK_DATUMS_PER_REQUEST)
+    per_step = plan.forward_backwards_per_step
     lines = [
         f"Cost estimate for {config.model_name}: {plan.steps} steps of "
         f"{plan.rollout_requests_per_step} questions x {plan.samples_per_request} samples "
@@ -198,13 +203,14 @@ def format_plan(config: Config, plan: Plan, tokenizer_note: str, price: Price | 
         "",
         "requests per step: 1 save_weights_and_get_sampling_client, "
         f"{plan.rollout_requests_per_step} sample (num_samples={plan.samples_per_request}), "
-        f"1 forward_backward of up to {plan.max_datums_per_step:,} Datums (the SDK sends "
-        f"{fb_requests} request{'s' if fb_requests > 1 else ''} of <= "
-        f"{SDK_DATUMS_PER_REQUEST:,}), 1 optim_step; on validation steps "
+        f"{per_step} forward_backward of up to {plan.max_datums_per_forward_backward:,} Datums"
+        f" (the SDK sends {fb_requests} request{'s' if fb_requests > 1 else ''} of <= "
+        f"{SDK_DATUMS_PER_REQUEST:,}{' each' if per_step > 1 else ''}), {per_step} optim_step;"
+        " on validation steps "
         f"{plan.validation_requests} more sample requests (greedy, 1 sample)",
         f"requests in the run: {plan.sample_requests:,} sample "
-        f"({plan.sequences:,} responses), up to {plan.steps:,} forward_backward and "
-        f"{plan.steps:,} optim_step, {plan.checkpoints} checkpoints (save_state + "
+        f"({plan.sequences:,} responses), up to {plan.steps * per_step:,} forward_backward and "
+        f"{plan.steps * per_step:,} optim_step, {plan.checkpoints} checkpoints (save_state + "
         "save_weights_for_sampler)",
         "",
     ]

@@ -47,6 +47,7 @@ from harness.evaluation import (
 from harness.jsonl import read_json_lines, rewrite_json_lines
 from harness.logger import STEP_KEY, collect_with_progress
 from harness.plugins import check_reward, load_function
+from harness.prompts import PromptName, answers_in_tags, effective_prompt
 from harness.rewards import make_reward_fn
 
 SAMPLES = "samples.jsonl"
@@ -59,6 +60,7 @@ FROM_RUN = (
     "dataset",
     "dataset_path",
     "use_r1_zero_format",
+    "prompt",
     "sampling_max_tokens",
     "seed",
     "eval_reward_fn",
@@ -100,6 +102,9 @@ class EvalConfig:
     """Folder with GSM8K train.jsonl and test.jsonl."""
     use_r1_zero_format: bool | None = None
     """R1-Zero prompt; False: plain prompt with \\boxed{}."""
+    prompt: PromptName | None = None
+    """r1_zero, question_only or boxed (default: the run's, else what --use_r1_zero_format
+    names)."""
     sampling_max_tokens: int | None = None
     """Max tokens per answer."""
     seed: int | None = None
@@ -140,6 +145,8 @@ def resolved(config: EvalConfig) -> EvalConfig:
         recorded = json.loads(path.read_text())
         if recorded.get("backend") == "replay":  # a replay's checkpoints were never written
             recorded["backend"] = "auto"
+    if config.prompt is not None and config.use_r1_zero_format is None:
+        config = dataclasses.replace(config, use_r1_zero_format=answers_in_tags(config.prompt))
     defaults = Config()
     filled = {
         name: recorded.get(name, getattr(defaults, name))
@@ -289,7 +296,7 @@ def evaluate_target(
         client.get_tokenizer(),
         questions,
         reward_fn,
-        config.use_r1_zero_format,
+        effective_prompt(config.prompt, config.use_r1_zero_format),
         sampling,
         collect=lambda futures, what: collect_with_progress(futures, what, console),
         description=target.name,

@@ -17,7 +17,7 @@ import tinker
 
 from harness import stats
 from harness.data import Problem
-from harness.prompts import format_prompt
+from harness.prompts import PromptName, answers_in_tags, format_prompt
 from harness.resilience import Waits
 from harness.rewards import extract_answer, normalize_number
 from harness.rollouts import (
@@ -66,7 +66,7 @@ def evaluate(
     tokenizer: Any,
     questions: Sequence[Question],
     reward_fn: RewardFn,
-    use_r1_zero_format: bool,
+    prompt: PromptName,
     sampling: Sampling,
     collect: Collect = collect_quietly,
     description: str = "validation",
@@ -74,8 +74,8 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """One record per sampled answer (question by question, with its request's prompt and
     response token counts), every request in flight at once."""
-    stop = stop_sequences(tokenizer, use_r1_zero_format)
-    prompts = [format_prompt(problem.question, use_r1_zero_format) for _, problem in questions]
+    stop = stop_sequences(tokenizer, answers_in_tags(prompt))
+    prompts = [format_prompt(problem.question, prompt) for _, problem in questions]
     prompt_inputs = encode_prompts(tokenizer, prompts)
     responses = sample_groups(
         sampling_client,

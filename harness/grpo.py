@@ -10,7 +10,16 @@ from typing import Literal
 
 import torch
 
-LossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip"]
+LossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"]
+LOSS_TYPES: tuple[LossType, ...] = (
+    "grpo_clip",
+    "grpo_no_clip",
+    "reinforce_with_baseline",
+    "no_baseline",
+)
+# How a response's per-token losses combine into its loss: their sum, their mean over the
+# response (masked_mean), or their sum over a constant (masked_normalize, Dr. GRPO).
+LengthNormalization = Literal["sum", "sequence_mean", "constant"]
 RewardFn = Callable[[str, str], dict[str, float]]
 
 
@@ -98,6 +107,14 @@ def _check_per_sequence(name: str, values_B_1: torch.Tensor, log_probs_B_T: torc
         )
 
 
+def _check_same_shape(old_log_probs: torch.Tensor, policy_log_probs: torch.Tensor) -> None:
+    if old_log_probs.shape != policy_log_probs.shape:
+        raise ValueError(
+            f"old_log_probs shape {tuple(old_log_probs.shape)} differs from"
+            f" policy_log_probs shape {tuple(policy_log_probs.shape)}"
+        )
+
+
 def compute_naive_policy_gradient_loss(
     raw_rewards_or_advantages: torch.Tensor, policy_log_probs: torch.Tensor
 ) -> torch.Tensor:
@@ -118,11 +135,7 @@ def compute_grpo_clip_loss(
     one, i.e. where the clip decided the loss; "ratio" is pi / pi_old (detached).
     """
     _check_per_sequence("advantages", advantages, policy_log_probs)
-    if old_log_probs.shape != policy_log_probs.shape:
-        raise ValueError(
-            f"old_log_probs shape {tuple(old_log_probs.shape)} differs from"
-            f" policy_log_probs shape {tuple(policy_log_probs.shape)}"
-        )
+    _check_same_shape(old_log_probs, policy_log_probs)
     if cliprange < 0:
         raise ValueError(f"cliprange must be >= 0, got {cliprange}")
     ratio_B_T = torch.exp(policy_log_probs - old_log_probs)
@@ -130,6 +143,17 @@ def compute_grpo_clip_loss(
     clipped_B_T = torch.clamp(ratio_B_T, 1 - cliprange, 1 + cliprange) * advantages
     loss_B_T = -torch.minimum(unclipped_B_T, clipped_B_T)
     return loss_B_T, {"clipped": clipped_B_T < unclipped_B_T, "ratio": ratio_B_T.detach()}
+
+
+def compute_grpo_no_clip_loss(
+    advantages: torch.Tensor, policy_log_probs: torch.Tensor, old_log_probs: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token -ratio * A with the unclipped ratio pi / pi_old, shape (B, T): the
+    assignment's GRPO without clipping. metadata: "ratio" (detached)."""
+    _check_per_sequence("advantages", advantages, policy_log_probs)
+    _check_same_shape(old_log_probs, policy_log_probs)
+    ratio_B_T = torch.exp(policy_log_probs - old_log_probs)
+    return -ratio_B_T * advantages, {"ratio": ratio_B_T.detach()}
 
 
 def _require(loss_type: str, **arguments: object) -> None:
@@ -156,10 +180,10 @@ def compute_policy_gradient_loss(
     if loss_type == "grpo_clip":
         _require(loss_type, advantages=advantages, old_log_probs=old_log_probs, cliprange=cliprange)
         return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange)
-    raise ValueError(
-        f"unknown loss_type {loss_type!r}; expected no_baseline, reinforce_with_baseline"
-        " or grpo_clip"
-    )
+    if loss_type == "grpo_no_clip":
+        _require(loss_type, advantages=advantages, old_log_probs=old_log_probs)
+        return compute_grpo_no_clip_loss(advantages, policy_log_probs, old_log_probs)
+    raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
 
 
 def _kept(tensor: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +209,28 @@ def masked_normalize(
     return kept.sum(dim=dim) / normalize_constant
 
 
+def sequence_losses(
+    loss_B_T: torch.Tensor,
+    response_mask: torch.Tensor,
+    length_normalization: LengthNormalization,
+    normalize_constant: float | None = None,
+) -> torch.Tensor:
+    """Each response's loss from its per-token losses, shape (B,)."""
+    if length_normalization == "sequence_mean":
+        return masked_mean(loss_B_T, response_mask, dim=-1)
+    if length_normalization == "sum":
+        return masked_normalize(loss_B_T, response_mask, 1.0, dim=-1)
+    if length_normalization == "constant":
+        if normalize_constant is None or not normalize_constant > 0:
+            raise ValueError(f"constant length normalization needs normalize_constant > 0, got"
+                             f" {normalize_constant}")  # fmt: skip
+        return masked_normalize(loss_B_T, response_mask, normalize_constant, dim=-1)
+    raise ValueError(
+        f"unknown length_normalization {length_normalization!r}; expected sum, sequence_mean"
+        " or constant"
+    )
+
+
 def grpo_microbatch_train_step(
     policy_log_probs: torch.Tensor,
     response_mask: torch.Tensor,
@@ -194,9 +240,13 @@ def grpo_microbatch_train_step(
     advantages: torch.Tensor | None = None,
     old_log_probs: torch.Tensor | None = None,
     cliprange: float | None = None,
+    length_normalization: LengthNormalization = "sequence_mean",
+    normalize_constant: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss of one microbatch, backpropagated: the per-token loss averaged over each response,
-    then over the batch, divided by gradient_accumulation_steps. Returns (loss, metadata)."""
+    """Loss of one microbatch, backpropagated: the per-token loss combined over each response
+    (by default averaged, masked_mean; "constant": masked_normalize by `normalize_constant`;
+    "sum": summed), then averaged over the batch and divided by gradient_accumulation_steps.
+    Returns (loss, metadata)."""
     if gradient_accumulation_steps < 1:
         raise ValueError(
             f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
@@ -206,7 +256,10 @@ def grpo_microbatch_train_step(
     loss_B_T, metadata = compute_policy_gradient_loss(
         policy_log_probs, loss_type, raw_rewards, advantages, old_log_probs, cliprange
     )
-    loss = masked_mean(loss_B_T, response_mask, dim=-1).mean() / gradient_accumulation_steps
+    loss = (
+        sequence_losses(loss_B_T, response_mask, length_normalization, normalize_constant).mean()
+        / gradient_accumulation_steps
+    )
     loss.backward()
     if "clipped" in metadata:
         metadata["clip_fraction"] = masked_mean(metadata["clipped"].float(), response_mask)

@@ -6,7 +6,8 @@ Each step:
   3. score every response,
   4. group-normalise rewards into advantages (the harness's function, or a student's),
   5. build one Datum per response of a group with reward variance,
-  6. forward_backward with the ppo loss and optim_step, submitted back to back,
+  6. forward_backward with the loss type's Tinker loss and optim_step, submitted back to back
+     (once per minibatch and epoch when several optimizer steps share a rollout batch),
   7. log; checkpoint every `save_every` steps; validate every `eval_every` steps.
 
 The loop never knows which backend it talks to: the service client is injected.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -55,6 +57,7 @@ from harness.evaluation import (
 from harness.grpo import compute_group_normalized_rewards, constant_groups
 from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
+from harness.objectives import TinkerLoss, optimizer_steps, tinker_loss, training_signal
 from harness.plugins import AdvantagesFn, checked_advantages
 from harness.prompts import format_prompt
 from harness.resilience import FaultLog, RetryPolicy, RunFailed, TrainingFault, Waits
@@ -328,7 +331,7 @@ def grpo_step(
             metrics |= val_metrics
 
     prompt_tokens_P = encode_prompts(
-        tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
+        tokenizer, [format_prompt(p.question, config.prompt_name) for p in problems_P]
     )
     with timer("time/sampling"):
         responses_P = sample_groups(
@@ -347,19 +350,38 @@ def grpo_step(
         advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
         if functions.on_scores is not None:
             functions.on_scores(step, scored.rewards_P_G, advantages_P_G)
+        loss = tinker_loss(config.loss_type, config.cliprange)
+        signal_P_G = training_signal(
+            config.loss_type,
+            advantages_P_G,
+            scored.rewards_P_G,
+            response_lengths(scored),
+            config.length_normalization,
+            config.sampling_max_tokens,
+        )
         datums_D, origins_D = step_datums(
             [p.to_ints() for p in prompt_tokens_P],
             scored.tokens_P_G,
             scored.logprobs_P_G,
-            advantages_P_G,
+            signal_P_G,
+            loss.signal_input,
         )
     trained = None
     if datums_D:
         with timer("time/training"):
-            trained = train_on(training_client, datums_D, config, waits)
-        tokens += training_tokens(datums_D)
+            schedule = optimizer_steps(
+                origins_D, config.group_size, config.minibatch_size, config.epochs_per_rollout_batch
+            )
+            trained = train_on(training_client, datums_D, schedule, loss, config, waits)
+        for indices in schedule:  # every Datum sent, as often as it is sent
+            tokens += training_tokens(datums_D[d] for d in indices)
     else:
-        logger.warn(f"step {step}: no group had reward variance; training skipped")
+        what = (
+            "rollout had a reward"
+            if config.loss_type == "no_baseline"
+            else "group had reward variance"
+        )
+        logger.warn(f"step {step}: no {what}; training skipped")
 
     metrics |= {
         STEP_KEY: float(step),
@@ -369,7 +391,7 @@ def grpo_step(
         **timer.totals(),
     }
     if trained is not None:
-        metrics |= training_metrics(*trained, scored, origins_D, advantages_P_G, config.cliprange)
+        metrics |= training_metrics(trained, scored, origins_D, signal_P_G, config)
     return metrics, tokens
 
 
@@ -378,12 +400,14 @@ def rollout_metrics(scored: Scored) -> dict[str, float]:
     constant_P = constant_groups(torch.from_numpy(scored.rewards_P_G))
     return {
         **reward_metrics(scored.rewards_P_G, scored.format_P_G, scored.answer_P_G),
-        **length_metrics(
-            np.array([[len(t) for t in tokens_G] for tokens_G in scored.tokens_P_G]),
-            scored.truncated_P_G,
-        ),
+        **length_metrics(response_lengths(scored), scored.truncated_P_G),
         "train/frac_zero_variance_groups": constant_P.float().mean().item(),
     }
+
+
+def response_lengths(scored: Scored) -> np.ndarray:
+    """Sampled tokens per response, (P, G)."""
+    return np.array([[len(t) for t in tokens_G] for tokens_G in scored.tokens_P_G])
 
 
 def rollout_params(
@@ -460,49 +484,101 @@ def group_advantages(
     return checked_advantages(name, result, scored.rewards_P_G)[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimizerStep:
+    """One optimizer step of a rollout batch: the Datums it trained on and the answers."""
+
+    datums: list[int]
+    forward_backward: tinker.ForwardBackwardOutput
+    optim: tinker.OptimStepResponse
+
+
 def train_on(
-    training_client: Any, datums_D: list[tinker.Datum], config: Config, waits: Waits
-) -> tuple[tinker.ForwardBackwardOutput, tinker.OptimStepResponse]:
-    """forward_backward (ppo) then optim_step, both submitted before waiting on either."""
-    fb_future = training_client.forward_backward(
-        datums_D,
-        loss_fn="ppo",
-        loss_fn_config={
-            "clip_low_threshold": 1 - config.cliprange,
-            "clip_high_threshold": 1 + config.cliprange,
-        },
-    )
-    optim_future = training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate))
-    return (
-        waits.training(fb_future, "forward_backward"),
-        waits.training(optim_future, "optim_step"),
-    )
+    training_client: Any,
+    datums_D: list[tinker.Datum],
+    schedule: Sequence[list[int]],
+    loss: TinkerLoss,
+    config: Config,
+    waits: Waits,
+) -> list[OptimizerStep]:
+    """Each optimizer step of the schedule (the Datums of a minibatch, epoch after epoch):
+    forward_backward with the loss, then optim_step; every request submitted before waiting on
+    any, so the service runs them in order and each forward_backward sees the weights the
+    steps before it made."""
+    submitted = [
+        (
+            indices,
+            training_client.forward_backward(
+                [datums_D[d] for d in indices],
+                loss_fn=loss.loss_fn,
+                loss_fn_config=loss.loss_fn_config,
+            ),
+            training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate)),
+        )
+        for indices in schedule
+    ]
+    return [
+        OptimizerStep(
+            indices,
+            waits.training(fb_future, "forward_backward"),
+            waits.training(optim_future, "optim_step"),
+        )
+        for indices, fb_future, optim_future in submitted
+    ]
 
 
 def training_metrics(
-    fb: tinker.ForwardBackwardOutput,
-    optim: tinker.OptimStepResponse,
+    steps: Sequence[OptimizerStep],
     scored: Scored,
     origins_D: Sequence[tuple[int, int]],
-    advantages_P_G: np.ndarray,
-    cliprange: float,
+    signal_P_G: np.ndarray,
+    config: Config,
 ) -> dict[str, float]:
-    """The loss, the optimizer's report, and sampler-vs-trainer logprobs on response tokens."""
-    sampler_logprobs_D = [scored.logprobs_P_G[p][g] for p, g in origins_D]
+    """The loss, the optimizer's report, and sampler-vs-trainer logprobs on response tokens
+    before each step: over the rollout batch's steps (their mean loss, the last optimizer
+    report, the tokens of them all), and with several steps, each one's as `optim_step/{i}/*`."""
+    per_step = [step_tokens(step, scored, origins_D, signal_P_G) for step in steps]
+    together = [list(itertools.chain(*parts)) for parts in zip(*per_step, strict=True)]
+    losses = [float(step.forward_backward.metrics["loss:sum"]) for step in steps]
+    optim = steps[-1].optim.metrics or {}
+    metrics = {
+        "train/loss": float(np.mean(losses)),
+        **{f"optim/{key.split(':')[0]}": float(value) for key, value in optim.items()},
+        **policy_metrics(*together, config.cliprange),
+        # Each Datum's tokens once, however many epochs trained on them.
+        "train/tokens": float(sum(len(scored.tokens_P_G[p][g]) for p, g in origins_D)),
+    }
+    if config.optimizer_steps_per_rollout_batch == 1:
+        return metrics
+    metrics["train/optim_steps"] = float(len(steps))
+    for i, (loss, tokens) in enumerate(zip(losses, per_step, strict=True)):
+        policy = policy_metrics(*tokens, config.cliprange)
+        metrics[f"optim_step/{i}/loss"] = loss
+        for key in PER_STEP_POLICY_KEYS:
+            metrics[f"optim_step/{i}/{key}"] = policy[f"train/{key}"]
+    return metrics
+
+
+PER_STEP_POLICY_KEYS = ("kl_sampler_trainer", "ratio_min", "ratio_max", "clip_frac")
+
+
+def step_tokens(
+    step: OptimizerStep,
+    scored: Scored,
+    origins_D: Sequence[tuple[int, int]],
+    signal_P_G: np.ndarray,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+    """One optimizer step's Datums as policy_metrics reads them: the sampler's and the
+    trainer's (before the step) logprobs of their response tokens, and their signal."""
+    sources = [origins_D[d] for d in step.datums]
+    sampler_logprobs_D = [scored.logprobs_P_G[p][g] for p, g in sources]
     trainer_logprobs_D = [
         output["logprobs"].to_numpy()[-len(sampler) :]
-        for output, sampler in zip(fb.loss_fn_outputs, sampler_logprobs_D, strict=True)
+        for output, sampler in zip(
+            step.forward_backward.loss_fn_outputs, sampler_logprobs_D, strict=True
+        )
     ]
-    return {
-        "train/loss": float(fb.metrics["loss:sum"]),
-        **{f"optim/{key.split(':')[0]}": float(v) for key, v in (optim.metrics or {}).items()},
-        **policy_metrics(
-            sampler_logprobs_D,
-            trainer_logprobs_D,
-            [float(advantages_P_G[p, g]) for p, g in origins_D],
-            cliprange,
-        ),
-    }
+    return sampler_logprobs_D, trainer_logprobs_D, [float(signal_P_G[p, g]) for p, g in sources]
 
 
 def validate(
@@ -530,7 +606,7 @@ def validate(
         tokenizer,
         questions,
         eval_reward_fn,
-        config.use_r1_zero_format,
+        config.prompt_name,
         sampling,
         collect=logger.collect,
         waits=waits,

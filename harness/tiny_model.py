@@ -68,8 +68,8 @@ class ModelShape:
 def tokenizer_corpus(problems: Iterable[Problem]) -> Iterator[str]:
     """Every question inside both prompt templates, and every answer, as the model will see them."""
     for problem in problems:
-        yield format_prompt(problem.question, use_r1_zero_format=True)
-        yield format_prompt(problem.question, use_r1_zero_format=False)
+        yield format_prompt(problem.question, "r1_zero")
+        yield format_prompt(problem.question, "boxed")
         yield problem.answer
 
 

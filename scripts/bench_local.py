@@ -46,7 +46,7 @@ class Args:
 
 def prompt_tokens(tokenizer, count: int) -> list[list[int]]:
     problems = read_jsonl_problems(REPO_ROOT / "fixtures" / "gsm8k" / "train.jsonl")[:count]
-    return [tokenizer.encode(format_prompt(p.question, True)) for p in problems]
+    return [tokenizer.encode(format_prompt(p.question, "r1_zero")) for p in problems]
 
 
 def bench_backend_sampling(sampler, prompts, args: Args) -> tuple[float, int, list]:

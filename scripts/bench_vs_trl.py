@@ -157,7 +157,7 @@ def greedy_accuracy(
             sampler.get_tokenizer(),
             questions,
             make_reward_fn(False),
-            False,
+            "boxed",
             Sampling(max_tokens=max_tokens),
         )
     return validation_metrics(records)["val/accuracy"]
@@ -209,7 +209,7 @@ def run_trl(
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype="float32")
     dataset = datasets.Dataset.from_list(
-        [{"prompt": format_prompt(p.question, False), "answer": p.answer} for p in train_set]
+        [{"prompt": format_prompt(p.question, "boxed"), "answer": p.answer} for p in train_set]
     )
     config = GRPOConfig(
         output_dir=str(workdir / "trl"),

@@ -82,8 +82,9 @@ def curves(rows: list[dict[str, float]]) -> Curves:
     )
 
 
-def plot(runs: list[tuple[str, Curves]], out: Path, title: str = "") -> Path:
-    """Two panels, against step and against wall time; reward dashed, accuracy solid."""
+def plot(runs: list[tuple[str, Curves]], out: Path, title: str = "", reward: bool = True) -> Path:
+    """Two panels, against step and against wall time; reward dashed (unless `reward` is
+    False), accuracy solid. Beyond two runs the legend stands beside the panels."""
     figure, (by_step, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (label, run), color in zip(runs, colors * len(runs), strict=False):
@@ -92,22 +93,27 @@ def plot(runs: list[tuple[str, Curves]], out: Path, title: str = "") -> Path:
             (by_step, run.reward_step, run.accuracy_step),
             (by_time, run.reward_time, run.accuracy_time),
         ):
-            axes.plot(reward_x, run.reward, "--", color=color, label=f"{prefix}train reward")
+            if reward:
+                axes.plot(reward_x, run.reward, "--", color=color, label=f"{prefix}train reward")
             axes.plot(
                 accuracy_x, run.accuracy, "o-", color=color, label=f"{prefix}val accuracy (greedy)"
             )
     by_step.set_xlabel("GRPO step")
     by_time.set_xlabel("wall time in steps (s)")
-    by_step.set_ylabel("reward / accuracy")
-    by_step.set_ylim(0, 1)
+    by_step.set_ylabel("reward / accuracy" if reward else "validation accuracy")
+    if reward:
+        by_step.set_ylim(0, 1)
     for axes in (by_step, by_time):
         axes.grid(alpha=0.3)
-    by_step.legend(loc="lower right", fontsize="small")
+    if len(runs) > 2:
+        by_time.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
+    else:
+        by_step.legend(loc="lower right", fontsize="small")
     if title:
         figure.suptitle(title)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=80)
+    figure.savefig(out, dpi=80, bbox_inches="tight")
     plt.close(figure)
     return out
 

@@ -33,7 +33,7 @@ import tyro
 from harness.backends.local import LocalServiceClient
 from harness.data import BatchCursor, Problem, load_problems, next_batch
 from harness.evaluation import Sampling, evaluate, validation_metrics, validation_subset
-from harness.prompts import format_prompt
+from harness.prompts import format_prompt, prompt_for
 from harness.rewards import make_reward_fn
 from harness.tiny_model import ModelShape, count_parameters, save_random_model
 
@@ -97,7 +97,7 @@ def encode_examples(
 ) -> list[list[int]]:
     """Token ids of prompt + reference completion + EOS, per problem."""
     texts = [
-        format_prompt(p.question, use_r1_zero_format)
+        format_prompt(p.question, prompt_for(use_r1_zero_format))
         + reference_completion(p.answer, use_r1_zero_format)
         for p in problems
     ]
@@ -191,7 +191,7 @@ def main(args: Args) -> None:
                     tokenizer,
                     val_questions,
                     reward_fn,
-                    args.use_r1_zero_format,
+                    prompt_for(args.use_r1_zero_format),
                     Sampling(max_tokens=args.max_tokens),
                 )
             )

@@ -7,7 +7,7 @@ import pytest
 
 from harness.data import load_problems
 from harness.data.arith import N_TEST, N_TRAIN, generate_splits, load_arith
-from harness.prompts import format_prompt
+from harness.prompts import format_prompt, prompt_for
 from harness.rewards import gsm8k_reward_fn
 
 EQUATION = re.compile(r"^(\d+) ([+*]) (\d+) = (\d+)$")
@@ -71,7 +71,7 @@ def test_the_gsm8k_reward_scores_a_right_answer_in_either_prompt_format(splits, 
             f" {reasoning}\n\\boxed{{{value}}}",
             f" {reasoning}\n\\boxed{{{int(value) + 1}}}",
         )
-    assert "{question}" not in format_prompt(problem.question, use_r1_zero_format)
+    assert "{question}" not in format_prompt(problem.question, prompt_for(use_r1_zero_format))
     assert gsm8k_reward_fn(right, problem.answer, use_r1_zero_format)["reward"] == 1.0
     assert gsm8k_reward_fn(wrong, problem.answer, use_r1_zero_format)["answer_reward"] == 0.0
 

@@ -19,7 +19,7 @@ from harness.evaluation import (
     per_question,
     validation_metrics,
 )
-from harness.prompts import format_prompt
+from harness.prompts import PROMPT_NAMES, answers_in_tags, format_prompt
 from harness.rewards import make_reward_fn
 from harness.rollouts import request_seed, stop_sequences
 
@@ -59,13 +59,14 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-@pytest.mark.parametrize("r1_zero", [True, False])
-def test_greedy_requests_use_the_training_prompts_and_stops_and_no_seed(tokenizer, r1_zero):
+@pytest.mark.parametrize("prompt", PROMPT_NAMES)
+def test_greedy_requests_use_the_training_prompts_and_stops_and_no_seed(tokenizer, prompt):
     sampler = ScriptedSampler(tokenizer, {"2 + 2": [r"\boxed{4}"], "3 * 5": ["16"]})
+    r1_zero = answers_in_tags(prompt)
     reward_fn = make_reward_fn(r1_zero)
-    records = evaluate(sampler, tokenizer, QUESTIONS, reward_fn, r1_zero, Sampling(max_tokens=9))
+    records = evaluate(sampler, tokenizer, QUESTIONS, reward_fn, prompt, Sampling(max_tokens=9))
     for (_, problem), (tokens, n, params) in zip(QUESTIONS, sampler.requests, strict=True):
-        assert tokens == tokenizer.encode(format_prompt(problem.question, r1_zero))
+        assert tokens == tokenizer.encode(format_prompt(problem.question, prompt))
         assert (n, params.max_tokens, params.temperature, params.seed) == (1, 9, 0.0, None)
         assert params.stop == stop_sequences(tokenizer, r1_zero)
     assert [(r["index"], r["sample"], r["parsed_answer"]) for r in records] == [
@@ -79,7 +80,7 @@ def test_greedy_requests_use_the_training_prompts_and_stops_and_no_seed(tokenize
 def test_sampled_requests_are_seeded_by_seed_step_and_test_index_apart_from_rollouts(tokenizer):
     sampler = ScriptedSampler(tokenizer, {"2 + 2": ["4"] * 3, "3 * 5": ["15"] * 3})
     sampling = Sampling(max_tokens=9, num_samples=3, temperature=0.7, seed=5, step=20)
-    records = evaluate(sampler, tokenizer, QUESTIONS, make_reward_fn(False), False, sampling)
+    records = evaluate(sampler, tokenizer, QUESTIONS, make_reward_fn(False), "boxed", sampling)
     seeds = [params.seed for _, _, params in sampler.requests]
     assert seeds == [request_seed(5, 20, index, purpose="evaluation") for index, _ in QUESTIONS]
     assert not set(seeds) & {request_seed(5, 20, index) for index in (0, 1, 3, 8)}

@@ -295,3 +295,49 @@ def test_microbatch_step_errors():
         )
     with pytest.raises(ValueError, match="requires advantages"):
         grpo_microbatch_train_step(log_probs, torch.ones(2, 3), 1, "grpo_clip")
+
+
+def test_microbatch_step_grpo_no_clip_keeps_every_ratio():
+    log_probs = POLICY_LOG_PROBS[:1].clone().requires_grad_()
+    loss, metadata = grpo_microbatch_train_step(
+        log_probs,
+        torch.ones(1, 3),
+        1,
+        "grpo_no_clip",
+        advantages=torch.tensor([[1.0]]),
+        old_log_probs=OLD_LOG_PROBS[:1],
+    )
+    ratio = torch.exp(POLICY_LOG_PROBS[:1] - OLD_LOG_PROBS[:1])
+    # -ratio * A per token, the clipped one's too; its gradient -ratio * A / 3 everywhere.
+    torch.testing.assert_close(loss, -ratio.mean())
+    torch.testing.assert_close(log_probs.grad, -ratio / 3)
+    torch.testing.assert_close(metadata["ratio"], ratio)
+    assert "clip_fraction" not in metadata
+    with pytest.raises(ValueError, match="requires old_log_probs"):
+        compute_policy_gradient_loss(log_probs, "grpo_no_clip", advantages=torch.ones(1, 1))
+
+
+@pytest.mark.parametrize(
+    ("normalization", "constant", "expected"),
+    # Per-token -A log p with A = 1: [1, 2, (3)] and [0.5, (1), (1)].
+    [("sum", None, (3 + 0.5) / 2), ("constant", 4.0, (3 / 4 + 0.5 / 4) / 2)],
+)
+def test_microbatch_step_length_normalizations(normalization, constant, expected):
+    log_probs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.0, -1.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    loss, _ = grpo_microbatch_train_step(
+        log_probs, mask, 1, "reinforce_with_baseline", advantages=torch.ones(2, 1),
+        length_normalization=normalization, normalize_constant=constant,
+    )  # fmt: skip
+    torch.testing.assert_close(loss, torch.tensor(expected))
+    scale = 1.0 if constant is None else 1 / constant
+    torch.testing.assert_close(log_probs.grad, -mask * scale / 2)
+
+
+def test_constant_normalization_needs_its_constant():
+    with pytest.raises(ValueError, match="normalize_constant > 0"):
+        grpo_microbatch_train_step(
+            torch.zeros(1, 2, requires_grad=True), torch.ones(1, 2), 1,
+            "reinforce_with_baseline", advantages=torch.ones(1, 1),
+            length_normalization="constant",
+        )  # fmt: skip

@@ -14,17 +14,17 @@ R1_ZERO = (
 
 
 def test_r1_zero_template_is_cs336_text_without_trailing_newline():
-    assert prompt_template(True) == R1_ZERO
-    assert format_prompt("What is 2+2?", True) == R1_ZERO.replace("{question}", "What is 2+2?")
+    assert prompt_template("r1_zero") == R1_ZERO
+    assert format_prompt("What is 2+2?", "r1_zero") == R1_ZERO.replace("{question}", "What is 2+2?")
 
 
 def test_boxed_prompt():
-    assert format_prompt("What is 2+2?", False) == (
+    assert format_prompt("What is 2+2?", "boxed") == (
         "What is 2+2?\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
     )
 
 
 def test_braces_in_questions_survive():
     question = "Let {x} = 3 and f(x) = {question}. Find f."
-    assert f"User: {question}\nAssistant" in format_prompt(question, True)
-    assert format_prompt(question, False).startswith(question + "\n")
+    assert f"User: {question}\nAssistant" in format_prompt(question, "r1_zero")
+    assert format_prompt(question, "boxed").startswith(question + "\n")

@@ -83,19 +83,17 @@ def test_digits_are_single_tokens_and_text_round_trips(tokenizer, questions):
 
 
 def test_the_r1_zero_prompts_trailing_think_is_one_token(tokenizer, questions):
-    prompts = encode_prompts(
-        tokenizer, [format_prompt(p.question, use_r1_zero_format=True) for p in questions]
-    )
+    prompts = encode_prompts(tokenizer, [format_prompt(p.question, "r1_zero") for p in questions])
     for prompt, problem in zip(prompts, questions, strict=True):
         ids = prompt.to_ints()
         # The template names the tags twice before; the prompt ends in the opening tag, one token.
         assert ids[-1] == THINK and ids.count(THINK) == 3 and ids.count(THINK_END) == 2
-        assert tokenizer.decode(ids) == format_prompt(problem.question, use_r1_zero_format=True)
+        assert tokenizer.decode(ids) == format_prompt(problem.question, "r1_zero")
 
 
 def test_the_boxed_prompt_holds_no_added_token(tokenizer, questions):
     for problem in questions:
-        prompt = format_prompt(problem.question, use_r1_zero_format=False)
+        prompt = format_prompt(problem.question, "boxed")
         ids = tokenizer.encode(prompt)
         assert max(ids) < ENDOFTEXT and tokenizer.decode(ids) == prompt
 
@@ -173,7 +171,9 @@ def test_the_estimate_counts_the_prompts_the_loop_sends(tokenizer, gsm8k_dir):
     plan = plan_run(config, tokenizer, train_problems, test_problems)
 
     def sent(problems) -> int:
-        prompts = encode_prompts(tokenizer, [format_prompt(p.question, True) for p in problems])
+        prompts = encode_prompts(
+            tokenizer, [format_prompt(p.question, "r1_zero") for p in problems]
+        )
         responses = [tinker.SampleResponse(sequences=[]) for _ in prompts]
         return sampling_tokens(prompts, responses).prefill
 
