@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-Backend = Literal["auto", "tinker", "local", "local-server", "replay"]
+Backend = Literal["auto", "tinker", "local", "local-server", "synthetic", "replay"]
 Dataset = Literal["gsm8k", "arith"]
 
 
@@ -35,7 +35,8 @@ class Config:
     backend: Backend = "auto"
     """auto: tinker when TINKER_API_KEY is set or --base_url is given, else local.
     local-server: the local backend behind a Tinker-protocol server on 127.0.0.1, real SDK.
-    replay: answer every call from --cassette."""
+    synthetic: a synthetic model (reference solutions as responses, no network) for a
+    full-size dress rehearsal, e.g. with --weather. replay: answer every call from --cassette."""
 
     # Training hyperparameters.
     n_grpo_steps: int = 200
@@ -138,7 +139,7 @@ class Config:
 
     # The offline twin's weather.
     weather: str | None = None
-    """With --backend=local or local-server: a weather profile (TOML, e.g.
+    """With --backend=local, local-server or synthetic: a weather profile (TOML, e.g.
     fixtures/weather/tinker-like.toml) giving the cloud's latency and faults."""
 
 
@@ -280,9 +281,9 @@ def check_eval_sampling(num_samples: int, temperature: float, prefix: str) -> No
 def _check_weather(config: Config, backend: str) -> None:
     from harness.weather import WeatherError, load_weather
 
-    if backend not in ("local", "local-server"):
+    if backend not in ("local", "local-server", "synthetic"):
         raise ConfigError(
-            f"--weather is for --backend=local or --backend=local-server (the offline twin),"
+            f"--weather is for --backend=local, local-server or synthetic (the offline twin),"
             f" not the {backend} backend"
         )
     if backend == "local-server" and config.base_url is not None:
