@@ -129,6 +129,14 @@ class Config:
     """Lifetime of the periodic checkpoints on the service (>= 3600, its minimum; None: they
     never expire, and their storage is billed). The final checkpoint is always kept."""
 
+    # The step's order (what waits for what; the update is the same either way).
+    stream_training: bool = True
+    """Send each group's Datums to forward_backward as soon as its samples are scored, in
+    requests of about --stream_request_tokens, and validate while the rollouts sample; False:
+    today's serial order (validation, then sampling, then one forward_backward)."""
+    stream_request_tokens: int = 262144
+    """With --stream_training: model-input tokens per streamed forward_backward request."""
+
     # Recording and replay.
     record_cassette: str | None = None
     """Record every client call of the run (request, response, latency) to this JSONL file."""
@@ -166,6 +174,8 @@ RESUMABLE_CHANGES = frozenset(
         "rolling_save_every",
         "ttl_seconds",
         "weather",
+        "stream_training",
+        "stream_request_tokens",
     }
 )
 
@@ -205,6 +215,7 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         "eval_every",
         "eval_n",
         "eval_num_samples",
+        "stream_request_tokens",
     )
     for name in positive:
         if getattr(config, name) <= 0:

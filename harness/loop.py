@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import tinker
 import torch
+from tinker.lib.chunked_fwdbwd_helpers import combine_fwd_bwd_output_results
 
 from harness.checkpoints import (
     RunStateError,
@@ -45,10 +46,11 @@ from harness.cost import (
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
 from harness.evaluation import (
+    PendingEvaluation,
     Question,
     RewardFn,
     Sampling,
-    evaluate,
+    submit_evaluation,
     validation_metrics,
     validation_subset,
 )
@@ -63,8 +65,8 @@ from harness.rollouts import (
     encode_prompts,
     request_seed,
     response_arrays,
-    sample_groups,
     stop_sequences,
+    submit_groups,
 )
 from harness.timing import Timer
 
@@ -113,6 +115,20 @@ class Scored:
     format_P_G: np.ndarray
     answer_P_G: np.ndarray
     truncated_P_G: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollouts:
+    """Rollouts scored, their (P, G) advantages, and the Datums built from them with the
+    (problem, member) each came from."""
+
+    scored: Scored
+    advantages_P_G: np.ndarray
+    datums_D: list[tinker.Datum]
+    origins_D: list[tuple[int, int]]
+
+
+Trained = tuple[tinker.ForwardBackwardOutput, tinker.OptimStepResponse]
 
 
 def train(
@@ -319,47 +335,51 @@ def grpo_step(
             training_client.save_weights_and_get_sampling_client(),
             "save_weights_and_get_sampling_client",
         )
+    validation = None
     if val_questions is not None:
-        with timer("time/validation"):
-            val_metrics, tokens = validate(
-                step, config, sampling_client, tokenizer, val_questions,
-                functions.eval_reward_fn, logger, waits,
-            )  # fmt: skip
-            metrics |= val_metrics
+        # Streaming: validation samples while the rollouts do; serially, before them.
+        validation = submit_validation(
+            step, config, sampling_client, tokenizer, val_questions, waits
+        )
+        if not config.stream_training:
+            with timer("time/validation"):
+                metrics, tokens = finish_validation(
+                    step, validation, functions.eval_reward_fn, logger
+                )
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
     )
-    with timer("time/sampling"):
-        responses_P = sample_groups(
-            sampling_client,
-            prompt_tokens_P,
-            config.group_size,
-            rollout_params(config, tokenizer, step, len(problems_P)),
-            collect=logger.collect,
-            waits=waits,
-        )
-    tokens += sampling_tokens(prompt_tokens_P, responses_P)
-    with timer("time/compute_rewards"):
-        scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
-    with timer("time/build_data"):
-        rewards_P_G = torch.from_numpy(scored.rewards_P_G)
-        advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
-        if functions.on_scores is not None:
-            functions.on_scores(step, scored.rewards_P_G, advantages_P_G)
-        datums_D, origins_D = step_datums(
-            [p.to_ints() for p in prompt_tokens_P],
-            scored.tokens_P_G,
-            scored.logprobs_P_G,
-            advantages_P_G,
-        )
-    trained = None
+    requests_P = submit_groups(
+        sampling_client,
+        prompt_tokens_P,
+        config.group_size,
+        rollout_params(config, tokenizer, step, len(problems_P)),
+        waits=waits,
+    )
+    if config.stream_training:
+        rollouts, trained = stream_training(
+            step, requests_P, problems_P, prompt_tokens_P, training_client, tokenizer,
+            functions, config, waits, timer, logger,
+        )  # fmt: skip
+    else:
+        rollouts, trained = serial_training(
+            step, requests_P, problems_P, prompt_tokens_P, training_client, tokenizer,
+            functions, config, waits, timer, logger,
+        )  # fmt: skip
+    scored, datums_D = rollouts.scored, rollouts.datums_D
+    tokens += sampling_tokens(prompt_tokens_P, [r.result() for r in requests_P])
     if datums_D:
-        with timer("time/training"):
-            trained = train_on(training_client, datums_D, config, waits)
         tokens += training_tokens(datums_D)
     else:
         logger.warn(f"step {step}: no group had reward variance; training skipped")
+    if validation is not None and config.stream_training:
+        with timer("time/validation"):
+            val_metrics, val_tokens = finish_validation(
+                step, validation, functions.eval_reward_fn, logger
+            )
+        metrics |= val_metrics
+        tokens += val_tokens
 
     metrics |= {
         STEP_KEY: float(step),
@@ -369,13 +389,161 @@ def grpo_step(
             np.array([[len(t) for t in tokens_G] for tokens_G in scored.tokens_P_G]),
             scored.truncated_P_G,
         ),
-        "train/frac_zero_variance_groups": constant_groups(rewards_P_G).float().mean().item(),
+        "train/frac_zero_variance_groups": constant_groups(torch.from_numpy(scored.rewards_P_G))
+        .float()
+        .mean()
+        .item(),
         "train/datums": float(len(datums_D)),
         **timer.totals(),
     }
     if trained is not None:
-        metrics |= training_metrics(*trained, scored, origins_D, advantages_P_G, config.cliprange)
+        metrics |= training_metrics(
+            *trained, scored, rollouts.origins_D, rollouts.advantages_P_G, config.cliprange
+        )
     return metrics, tokens
+
+
+def serial_training(
+    step: int,
+    requests_P: Sequence[Any],
+    problems_P: Sequence[Problem],
+    prompt_tokens_P: Sequence[tinker.ModelInput],
+    training_client: Any,
+    tokenizer: Any,
+    functions: StepFunctions,
+    config: Config,
+    waits: Waits,
+    timer: Timer,
+    logger: RunLogger,
+) -> tuple[Rollouts, Trained | None]:
+    """Today's order: every response, then every score, then one forward_backward."""
+    with timer("time/sampling"):
+        responses_P = logger.collect(requests_P, "sampling")
+    rollouts = prepare(
+        responses_P, problems_P, prompt_tokens_P, tokenizer, functions, config, timer
+    )
+    show_scores(step, rollouts, functions)
+    if not rollouts.datums_D:
+        return rollouts, None
+    with timer("time/training"):
+        return rollouts, train_on(training_client, rollouts.datums_D, config, waits)
+
+
+def stream_training(
+    step: int,
+    requests_P: Sequence[Any],
+    problems_P: Sequence[Problem],
+    prompt_tokens_P: Sequence[tinker.ModelInput],
+    training_client: Any,
+    tokenizer: Any,
+    functions: StepFunctions,
+    config: Config,
+    waits: Waits,
+    timer: Timer,
+    logger: RunLogger,
+) -> tuple[Rollouts, Trained | None]:
+    """Each group scored as its samples arrive (in question order, so requests are the same
+    whatever the timing), its Datums sent to forward_backward in requests of at least
+    `stream_request_tokens` tokens, and the step's one optim_step after the last: exactly
+    the serial step's update, as gradients add up until optim_step."""
+    parts: list[Rollouts] = []
+    pending: list[tinker.Datum] = []
+    fb_futures: list[Any] = []
+    waiting = 0  # groups scored whose Datums are not sent yet
+    n_problems = len(requests_P)
+    with logger.progress({"sampling": n_problems, "training": n_problems}) as advance:
+        for p, request in enumerate(requests_P):
+            with timer("time/sampling"):
+                response = request.result()
+            advance("sampling")
+            group = prepare(
+                [response], problems_P[p : p + 1], prompt_tokens_P[p : p + 1], tokenizer,
+                functions, config, timer,
+            )  # fmt: skip
+            parts.append(group)
+            pending += parts[-1].datums_D
+            waiting += 1
+            last = p == n_problems - 1
+            if last:
+                rollouts = joined(parts)
+                show_scores(step, rollouts, functions)
+            if pending and (last or request_tokens(pending) >= config.stream_request_tokens):
+                with timer("time/training"):
+                    fb_futures.append(submit_forward_backward(training_client, pending, config))
+                pending = []
+            if not pending:  # every group so far is sent (or had nothing to send)
+                advance("training", waiting)
+                waiting = 0
+        if not fb_futures:
+            return rollouts, None
+        with timer("time/training"):
+            optim_future = training_client.optim_step(
+                tinker.AdamParams(learning_rate=config.learning_rate)
+            )
+            outputs = [waits.training(future, "forward_backward") for future in fb_futures]
+            optim = waits.training(optim_future, "optim_step")
+    return rollouts, (combine_fwd_bwd_output_results(outputs), optim)
+
+
+def request_tokens(datums_D: Sequence[tinker.Datum]) -> int:
+    """Model-input tokens of a forward_backward request: the work it brings a clock cycle."""
+    return sum(datum.model_input.length for datum in datums_D)
+
+
+def prepare(
+    responses_P: Sequence[tinker.SampleResponse],
+    problems_P: Sequence[Problem],
+    prompt_tokens_P: Sequence[tinker.ModelInput],
+    tokenizer: Any,
+    functions: StepFunctions,
+    config: Config,
+    timer: Timer,
+) -> Rollouts:
+    """Responses scored, their group advantages, and their Datums."""
+    with timer("time/compute_rewards"):
+        scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
+    with timer("time/build_data"):
+        advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
+        datums_D, origins_D = step_datums(
+            [p.to_ints() for p in prompt_tokens_P],
+            scored.tokens_P_G,
+            scored.logprobs_P_G,
+            advantages_P_G,
+        )
+    return Rollouts(scored, advantages_P_G, datums_D, origins_D)
+
+
+def joined(parts: Sequence[Rollouts]) -> Rollouts:
+    """Consecutive problems' rollouts as one step's (origins renumbered)."""
+    offsets = np.cumsum([0] + [len(part.scored.tokens_P_G) for part in parts])
+    scored = Scored(
+        **{
+            field.name: _concatenated([getattr(part.scored, field.name) for part in parts])
+            for field in dataclasses.fields(Scored)
+        }
+    )
+    return Rollouts(
+        scored=scored,
+        advantages_P_G=np.concatenate([part.advantages_P_G for part in parts]),
+        datums_D=[datum for part in parts for datum in part.datums_D],
+        origins_D=[
+            (int(offset) + p, g)
+            for part, offset in zip(parts, offsets, strict=False)
+            for p, g in part.origins_D
+        ],
+    )
+
+
+def _concatenated(values: Sequence[Any]) -> Any:
+    if isinstance(values[0], np.ndarray):
+        return np.concatenate(values)
+    return [item for value in values for item in value]
+
+
+def show_scores(step: int, rollouts: Rollouts, functions: StepFunctions) -> None:
+    """The step's rewards and advantages to `on_scores` (a recording keeps them)."""
+    if functions.on_scores is not None:
+        functions.on_scores(step, rollouts.scored.rewards_P_G, rollouts.advantages_P_G)
 
 
 def rollout_params(
@@ -456,18 +624,25 @@ def train_on(
     training_client: Any, datums_D: list[tinker.Datum], config: Config, waits: Waits
 ) -> tuple[tinker.ForwardBackwardOutput, tinker.OptimStepResponse]:
     """forward_backward (ppo) then optim_step, both submitted before waiting on either."""
-    fb_future = training_client.forward_backward(
+    fb_future = submit_forward_backward(training_client, datums_D, config)
+    optim_future = training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate))
+    return (
+        waits.training(fb_future, "forward_backward"),
+        waits.training(optim_future, "optim_step"),
+    )
+
+
+def submit_forward_backward(
+    training_client: Any, datums_D: list[tinker.Datum], config: Config
+) -> Any:
+    """forward_backward with the ppo loss (GRPO-Clip at 1 ± cliprange), not waited for."""
+    return training_client.forward_backward(
         datums_D,
         loss_fn="ppo",
         loss_fn_config={
             "clip_low_threshold": 1 - config.cliprange,
             "clip_high_threshold": 1 + config.cliprange,
         },
-    )
-    optim_future = training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate))
-    return (
-        waits.training(fb_future, "forward_backward"),
-        waits.training(optim_future, "optim_step"),
     )
 
 
@@ -497,19 +672,15 @@ def training_metrics(
     }
 
 
-def validate(
+def submit_validation(
     step: int,
     config: Config,
     sampling_client: Any,
     tokenizer: Any,
     questions: Sequence[Question],
-    eval_reward_fn: RewardFn,
-    logger: RunLogger,
     waits: Waits,
-) -> tuple[dict[str, float], Tokens]:
-    """Accuracy (greedy by default) under the validation reward (the task's unless a flag plugs
-    another), whatever reward the training uses; and the tokens its requests read and
-    generated."""
+) -> PendingEvaluation:
+    """Validation's requests (greedy by default), in flight."""
     sampling = Sampling(
         max_tokens=config.sampling_max_tokens,
         num_samples=config.eval_num_samples,
@@ -517,16 +688,17 @@ def validate(
         seed=config.seed,
         step=step,
     )
-    records = evaluate(
-        sampling_client,
-        tokenizer,
-        questions,
-        eval_reward_fn,
-        config.use_r1_zero_format,
-        sampling,
-        collect=logger.collect,
-        waits=waits,
+    return submit_evaluation(
+        sampling_client, tokenizer, questions, config.use_r1_zero_format, sampling, waits=waits
     )
+
+
+def finish_validation(
+    step: int, validation: PendingEvaluation, eval_reward_fn: RewardFn, logger: RunLogger
+) -> tuple[dict[str, float], Tokens]:
+    """Accuracy under the validation reward (the task's unless a flag plugs another), whatever
+    reward the training uses; and the tokens its requests read and generated."""
+    records = validation.records(eval_reward_fn, logger.collect)
     logger.write_eval_samples(step, records)
     return validation_metrics(records), Tokens(
         prefill=sum(r["prompt_tokens"] for r in records if r["sample"] == 0),  # one per request
@@ -551,9 +723,9 @@ def final_validation(
             "save_weights_and_get_sampling_client",
         )
     with timer("time/validation"):
-        metrics, tokens = validate(
-            config.n_grpo_steps, config, sampling_client, tokenizer, questions, eval_reward_fn,
-            logger, waits,
-        )  # fmt: skip
+        validation = submit_validation(
+            config.n_grpo_steps, config, sampling_client, tokenizer, questions, waits
+        )
+        metrics, tokens = finish_validation(config.n_grpo_steps, validation, eval_reward_fn, logger)
     row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}
     return row | timer.totals(), tokens

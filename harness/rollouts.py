@@ -64,17 +64,17 @@ def request_seed(
     return int(sequence.generate_state(1)[0] >> 1)
 
 
-def sample_groups(
+def submit_groups(
     sampling_client: Any,
     prompts_P: Sequence[tinker.ModelInput],
     group_size: int,
     params_P: Sequence[tinker.SamplingParams],
-    collect: Collect = collect_quietly,
     description: str = "sampling",
     waits: Waits | None = None,
-) -> list[tinker.SampleResponse]:
-    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait;
-    with `waits`, each under its deadline and sent again, unchanged, when it fails."""
+) -> list[Any]:
+    """One `sample(num_samples=group_size)` request per prompt, all submitted, none waited
+    for; with `waits`, each under its deadline and sent again, unchanged, when it fails
+    (each one's `result()` is its response)."""
 
     def sender(prompt: tinker.ModelInput, params: tinker.SamplingParams) -> Callable[[], Any]:
         return lambda: sampling_client.sample(
@@ -83,9 +83,8 @@ def sample_groups(
 
     senders_P = [sender(p, params) for p, params in zip(prompts_P, params_P, strict=True)]
     if waits is None:
-        return collect([send() for send in senders_P], description)
-    requests_P = [
+        return [send() for send in senders_P]
+    return [
         waits.resendable(send, f"{description} request {i}", "sampling_resends")
         for i, send in enumerate(senders_P)
     ]
-    return collect(requests_P, description)

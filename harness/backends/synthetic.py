@@ -297,20 +297,23 @@ class SyntheticTrainingClient:
     def close(self) -> None:
         self._worker.shutdown(wait=True)
 
-    def _submit(self, call: Call, fn: Callable[[], T]) -> APIFuture[T]:
-        return self._service.weather.training(call, self._timeline, lambda: self._worker.submit(fn))
+    def _submit(self, call: Call, fn: Callable[[], T], tokens: int = 0) -> APIFuture[T]:
+        return self._service.weather.training(
+            call, self._timeline, lambda: self._worker.submit(fn), tokens
+        )
 
-    def forward(self, data, loss_fn, loss_fn_config=None):
-        data = list(data)
-        return self._submit("forward", lambda: forward_output(data, loss_fn, loss_fn_config))
-
-    def forward_backward(self, data, loss_fn, loss_fn_config=None):
+    def _forward(self, call: Call, data, loss_fn, loss_fn_config):
         if not data:
             raise ValueError("No data provided")
         data = list(data)
-        return self._submit(
-            "forward_backward", lambda: forward_output(data, loss_fn, loss_fn_config)
-        )
+        tokens = sum(datum.model_input.length for datum in data)
+        return self._submit(call, lambda: forward_output(data, loss_fn, loss_fn_config), tokens)
+
+    def forward(self, data, loss_fn, loss_fn_config=None):
+        return self._forward("forward", data, loss_fn, loss_fn_config)
+
+    def forward_backward(self, data, loss_fn, loss_fn_config=None):
+        return self._forward("forward_backward", data, loss_fn, loss_fn_config)
 
     def optim_step(self, optim_params: types.AdamParams) -> APIFuture[types.OptimStepResponse]:
         def step() -> types.OptimStepResponse:
