@@ -335,17 +335,12 @@ def grpo_step(
             training_client.save_weights_and_get_sampling_client(),
             "save_weights_and_get_sampling_client",
         )
-    validation = None
-    if val_questions is not None:
-        # Streaming: validation samples while the rollouts do; serially, before them.
-        validation = submit_validation(
-            step, config, sampling_client, tokenizer, val_questions, waits
-        )
-        if not config.stream_training:
-            with timer("time/validation"):
-                metrics, tokens = finish_validation(
-                    step, validation, functions.eval_reward_fn, logger
-                )
+    if val_questions is not None and not config.stream_training:
+        with timer("time/validation"):
+            validation = submit_validation(
+                step, config, sampling_client, tokenizer, val_questions, waits
+            )
+            metrics, tokens = finish_validation(step, validation, functions.eval_reward_fn, logger)
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.use_r1_zero_format) for p in problems_P]
@@ -358,10 +353,24 @@ def grpo_step(
         waits=waits,
     )
     if config.stream_training:
-        rollouts, trained = stream_training(
+        rollouts, submitted = stream_forward_backward(
             step, requests_P, problems_P, prompt_tokens_P, training_client, tokenizer,
-            functions, config, waits, timer, logger,
+            functions, config, timer, logger,
         )  # fmt: skip
+        validation = None
+        if val_questions is not None:  # while the step's last training cycle runs
+            validation = submit_validation(
+                step, config, sampling_client, tokenizer, val_questions, waits
+            )
+        with timer("time/training"):
+            trained = finished_training(submitted, waits)
+        if validation is not None:
+            with timer("time/validation"):
+                val_metrics, val_tokens = finish_validation(
+                    step, validation, functions.eval_reward_fn, logger
+                )
+            metrics |= val_metrics
+            tokens += val_tokens
     else:
         rollouts, trained = serial_training(
             step, requests_P, problems_P, prompt_tokens_P, training_client, tokenizer,
@@ -373,13 +382,6 @@ def grpo_step(
         tokens += training_tokens(datums_D)
     else:
         logger.warn(f"step {step}: no group had reward variance; training skipped")
-    if validation is not None and config.stream_training:
-        with timer("time/validation"):
-            val_metrics, val_tokens = finish_validation(
-                step, validation, functions.eval_reward_fn, logger
-            )
-        metrics |= val_metrics
-        tokens += val_tokens
 
     metrics |= {
         STEP_KEY: float(step),
@@ -429,7 +431,7 @@ def serial_training(
         return rollouts, train_on(training_client, rollouts.datums_D, config, waits)
 
 
-def stream_training(
+def stream_forward_backward(
     step: int,
     requests_P: Sequence[Any],
     problems_P: Sequence[Problem],
@@ -438,17 +440,18 @@ def stream_training(
     tokenizer: Any,
     functions: StepFunctions,
     config: Config,
-    waits: Waits,
     timer: Timer,
     logger: RunLogger,
-) -> tuple[Rollouts, Trained | None]:
+) -> tuple[Rollouts, tuple[list[Any], Any] | None]:
     """Each group scored as its samples arrive (in question order, so requests are the same
     whatever the timing), its Datums sent to forward_backward in requests of at least
-    `stream_request_tokens` tokens, and the step's one optim_step after the last: exactly
-    the serial step's update, as gradients add up until optim_step."""
+    `stream_request_tokens` tokens, and the step's one optim_step right after the last (in
+    its cycle): exactly the serial step's update, as gradients add up until optim_step.
+    The rollouts, and the training requests in flight (None: nothing to train on)."""
     parts: list[Rollouts] = []
     pending: list[tinker.Datum] = []
     fb_futures: list[Any] = []
+    pending_tokens = 0
     waiting = 0  # groups scored whose Datums are not sent yet
     n_problems = len(requests_P)
     with logger.progress({"sampling": n_problems, "training": n_problems}) as advance:
@@ -461,28 +464,37 @@ def stream_training(
                 functions, config, timer,
             )  # fmt: skip
             parts.append(group)
-            pending += parts[-1].datums_D
+            pending += group.datums_D
+            pending_tokens += request_tokens(group.datums_D)
             waiting += 1
             last = p == n_problems - 1
             if last:
                 rollouts = joined(parts)
                 show_scores(step, rollouts, functions)
-            if pending and (last or request_tokens(pending) >= config.stream_request_tokens):
+            if pending and (last or pending_tokens >= config.stream_request_tokens):
                 with timer("time/training"):
                     fb_futures.append(submit_forward_backward(training_client, pending, config))
-                pending = []
+                pending, pending_tokens = [], 0
             if not pending:  # every group so far is sent (or had nothing to send)
                 advance("training", waiting)
                 waiting = 0
-        if not fb_futures:
-            return rollouts, None
-        with timer("time/training"):
-            optim_future = training_client.optim_step(
-                tinker.AdamParams(learning_rate=config.learning_rate)
-            )
-            outputs = [waits.training(future, "forward_backward") for future in fb_futures]
-            optim = waits.training(optim_future, "optim_step")
-    return rollouts, (combine_fwd_bwd_output_results(outputs), optim)
+    if not fb_futures:
+        return rollouts, None
+    with timer("time/training"):
+        optim_future = training_client.optim_step(
+            tinker.AdamParams(learning_rate=config.learning_rate)
+        )
+    return rollouts, (fb_futures, optim_future)
+
+
+def finished_training(submitted: tuple[list[Any], Any] | None, waits: Waits) -> Trained | None:
+    """The answers of a streamed step's forward_backward requests (combined as the SDK
+    combines a chunked one's) and of its optim_step."""
+    if submitted is None:
+        return None
+    fb_futures, optim_future = submitted
+    outputs = [waits.training(future, "forward_backward") for future in fb_futures]
+    return combine_fwd_bwd_output_results(outputs), waits.training(optim_future, "optim_step")
 
 
 def request_tokens(datums_D: Sequence[tinker.Datum]) -> int:

@@ -39,8 +39,8 @@ SMOKE = [
     "--sampling_max_tokens=16",
     "--eval_n=4",
     "--learning_rate=1e-3",
-    # The order they were recorded in: validation before the rollouts, which on the local
-    # backend samples in other batches than validation beside them (float rounding).
+    # The order they were recorded in (a replay takes training calls in recorded order, and
+    # the sampling between them): validation before the rollouts, not after their training.
     "--stream_training=False",
 ]
 # name: (model, the reward replacing the task's or None, flags)

@@ -26,9 +26,10 @@ from harness.logger import RunLogger
 from harness.loop import (
     TIME_KEYS,
     StepFunctions,
+    finished_training,
     request_tokens,
     serial_training,
-    stream_training,
+    stream_forward_backward,
     training_metrics,
 )
 from harness.resilience import FaultLog, RetryPolicy, Waits
@@ -105,11 +106,20 @@ def one_step(mode, training_client, tokenizer, inputs, config, tmp_path):
         on_scores=lambda step, rewards, advantages: shown.append((rewards, advantages)),
     )
     waits = Waits(RetryPolicy(120.0, 1, 0.0), FaultLog(lambda message: None))
-    logger = RunLogger(dataclasses.replace(config, log_path=str(tmp_path / mode.__name__)))
-    rollouts, trained = mode(
-        0, [Answered(r) for r in responses], problems, prompts, training_client, tokenizer,
-        functions, config, waits, Timer(TIME_KEYS), logger,
-    )  # fmt: skip
+    logger = RunLogger(dataclasses.replace(config, log_path=str(tmp_path / mode)))
+    requests = [Answered(r) for r in responses]
+    timer = Timer(TIME_KEYS)
+    if mode == "serial":
+        rollouts, trained = serial_training(
+            0, requests, problems, prompts, training_client, tokenizer, functions, config,
+            waits, timer, logger,
+        )  # fmt: skip
+    else:
+        rollouts, submitted = stream_forward_backward(
+            0, requests, problems, prompts, training_client, tokenizer, functions, config,
+            timer, logger,
+        )  # fmt: skip
+        trained = finished_training(submitted, waits)
     return rollouts, trained, shown
 
 
@@ -153,8 +163,8 @@ def test_a_streamed_step_updates_as_one_request_does_in_process(tmp_path):
     tokenizer = serial_client.get_tokenizer()
     total = sum(len(p.to_ints()) + 5 for p in inputs[1]) * GROUP
     streaming = dataclasses.replace(config, stream_request_tokens=total // 5)
-    serial = one_step(serial_training, serial_client, tokenizer, inputs, config, tmp_path)
-    streamed = one_step(stream_training, streamed_client, tokenizer, inputs, streaming, tmp_path)
+    serial = one_step("serial", serial_client, tokenizer, inputs, config, tmp_path)
+    streamed = one_step("streamed", streamed_client, tokenizer, inputs, streaming, tmp_path)
     assert len(streamed_client.requests) >= 3
     assert sum(streamed_client.requests) == len(serial[0].datums_D)
     assert_same_step(
@@ -170,7 +180,7 @@ def test_requests_are_cut_by_tokens_and_the_last_group_closes_one(tmp_path):
     client = Counting(service.create_lora_training_client(MODEL, rank=4, seed=0).result())
     config = Config(model_name=MODEL, group_size=GROUP, stream_request_tokens=1)
     tokenizer = client.get_tokenizer()
-    rollouts, _, _ = one_step(stream_training, client, tokenizer, inputs, config, tmp_path)
+    rollouts, _, _ = one_step("streamed", client, tokenizer, inputs, config, tmp_path)
     # A request per group that has Datums: each one alone already brings >= 1 token.
     per_group = [sum(1 for p, _ in rollouts.origins_D if p == q) for q in range(6)]
     assert client.requests == [n for n in per_group if n]
@@ -190,10 +200,8 @@ def test_through_the_sdk_which_splits_a_request_of_more_than_1024_datums(tmp_pat
         config = Config(model_name=MODEL, group_size=GROUP, learning_rate=1e-2, seed=0)
         total = sum(len(p.to_ints()) + 5 for p in inputs[1]) * GROUP
         streaming = dataclasses.replace(config, stream_request_tokens=total // 3)
-        serial = one_step(serial_training, serial_client, tokenizer, inputs, config, tmp_path)
-        streamed = one_step(
-            stream_training, streamed_client, tokenizer, inputs, streaming, tmp_path
-        )
+        serial = one_step("serial", serial_client, tokenizer, inputs, config, tmp_path)
+        streamed = one_step("streamed", streamed_client, tokenizer, inputs, streaming, tmp_path)
         assert len(serial[0].datums_D) > 1024
         assert len(streamed_client.requests) >= 2
         assert isinstance(serial_client, tinker.TrainingClient)

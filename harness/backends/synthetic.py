@@ -27,6 +27,7 @@ import math
 import random
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -103,10 +104,12 @@ class Answers:
 
 class SyntheticModel:
     """What answers sampling: the task's problems, the tokenizer, and each prompt's answers
-    (built once per prompt)."""
+    (built once per prompt). `cpu_s`: the CPU seconds its work took, in whatever thread (what
+    a benchmark leaves out of the harness's own cost)."""
 
     def __init__(self, tokenizer: Any, problems: Sequence[Problem]):
         self.tokenizer = tokenizer
+        self.cpu_s = 0.0
         self._problems = {p.question: p for p in problems}
         self._answers: dict[tuple[int, ...], tuple[Answers, bool]] = {}
         self._lock = threading.Lock()
@@ -156,6 +159,20 @@ class SyntheticModel:
         )
 
     def sample(
+        self, prompt: Sequence[int], params: types.SamplingParams, num_samples: int,
+        seed: int, optimizer_steps: int,
+    ) -> types.SampleResponse:  # fmt: skip
+        return self.timed(lambda: self._sample(prompt, params, num_samples, seed, optimizer_steps))
+
+    def timed(self, work: Callable[[], T]) -> T:
+        start = time.thread_time()
+        try:
+            return work()
+        finally:
+            with self._lock:
+                self.cpu_s += time.thread_time() - start
+
+    def _sample(
         self, prompt: Sequence[int], params: types.SamplingParams, num_samples: int,
         seed: int, optimizer_steps: int,
     ) -> types.SampleResponse:  # fmt: skip
@@ -307,7 +324,12 @@ class SyntheticTrainingClient:
             raise ValueError("No data provided")
         data = list(data)
         tokens = sum(datum.model_input.length for datum in data)
-        return self._submit(call, lambda: forward_output(data, loss_fn, loss_fn_config), tokens)
+        model = self._service.model
+        return self._submit(
+            call,
+            lambda: model.timed(lambda: forward_output(data, loss_fn, loss_fn_config)),
+            tokens,
+        )
 
     def forward(self, data, loss_fn, loss_fn_config=None):
         return self._forward("forward", data, loss_fn, loss_fn_config)
