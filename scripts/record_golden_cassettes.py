@@ -22,7 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the varied reward lives with the tests
 
-from harness.backends.cassette import read_cassette, request_changes  # noqa: E402
+from harness.backends.cassette import read_cassette  # noqa: E402
+from harness.backends.cassette_compare import request_changes  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.evaluation import RewardFn  # noqa: E402
 from harness.jsonl import read_json_lines, rewrite_json_lines  # noqa: E402

@@ -28,7 +28,8 @@ from rich.panel import Panel
 from rich.table import Table
 from tinker import types
 
-from harness.backends.cassette import Call, Cassette, decode, read_cassette
+from harness.backends.cassette import Call, Cassette, read_cassette
+from harness.backends.cassette_codec import decode
 from harness.backends.replay import ReplayError, load_tokenizer, recorded_reward_fn
 from harness.config import Config, ConfigError
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import tinker
 
-from harness.backends.cassette import decode, read_cassette
+from harness.backends.cassette import read_cassette
+from harness.backends.cassette_codec import decode
 from harness.backends.replay import ReplayServiceClient, recorded_reward_fn
 from harness.cost import (
     Price,

@@ -10,7 +10,7 @@ import tinker
 
 import harness
 from harness.backends.cassette import read_cassette
-from harness.backends.record import RecordingServiceClient, reward_name
+from harness.backends.record import RecordingServiceClient, dumps_line, reward_name, secrets_in
 from tests.support.fake_backend import PARAMS, PROMPT, FakeService, Tokenizer, response
 from tests.support.varied_reward_run import varied_reward
 
@@ -144,3 +144,27 @@ def test_secrets_in_the_environment_never_reach_the_file(tmp_path):
     text = path.read_text()
     assert secret not in text
     assert text.count("<redacted:TINKER_API_KEY>") == 3
+
+
+def test_secret_values_are_found_by_variable_name_and_scrubbed_wherever_they_occur():
+    environ = {
+        "TINKER_API_KEY": "tml-0123456789abcdef",
+        "my_service_token": "tok-zyxwvutsrq",
+        "DB_SECRET": 'pa"ss\\word-é',
+        "HOME_DIR_SECRET": "short",  # too short to be a credential
+        "TOKENIZERS_PARALLELISM": "falsefalse",  # a tokenizer setting, not a token
+        "PATH": "tml-0123456789abcdef-not-a-secret-name-but-contains-one",
+    }
+    secrets = secrets_in(environ)
+    assert set(secrets.values()) == {"TINKER_API_KEY", "my_service_token", "DB_SECRET"}
+    row = {
+        "message": "401 for key tml-0123456789abcdef",
+        "tok-zyxwvutsrq": [1.5, 'pa"ss\\word-é'],
+    }
+    line = dumps_line(row, secrets)
+    for value in secrets:
+        assert value not in line and json.dumps(value)[1:-1] not in line
+    assert json.loads(line) == {
+        "message": "401 for key <redacted:TINKER_API_KEY>",
+        "<redacted:my_service_token>": [1.5, "<redacted:DB_SECRET>"],
+    }

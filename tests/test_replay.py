@@ -12,7 +12,8 @@ import pytest
 from tinker.lib.public_interfaces.api_future import APIFuture
 from transformers import AutoTokenizer
 
-from harness.backends.cassette import decode, encode, read_cassette
+from harness.backends.cassette import read_cassette
+from harness.backends.cassette_codec import decode, encode
 from harness.backends.record import RecordingServiceClient
 from harness.backends.replay import (
     TOKENIZER_ENV,

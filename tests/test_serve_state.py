@@ -13,9 +13,9 @@ import pytest
 import tinker
 from tinker import types
 
-from harness.backends import local_server
 from harness.backends.local import LocalServiceClient
 from harness.serve import Limits, LocalTinkerServer
+from harness.serve import client as local_server
 from harness.serve.futures import Failure, FutureStore, Payload
 from harness.serve.ordering import SampleBatcher, SeqQueue
 from harness.serve.state import HttpError, ServerState

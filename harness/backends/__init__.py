@@ -100,7 +100,7 @@ def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> 
 
         yield LocalServiceClient(storage_dir=storage_dir, seed=config.seed, weather=weather)
     elif backend == "local-server":
-        from harness.backends.local_server import local_server_service_client
+        from harness.serve.client import local_server_service_client
 
         with local_server_service_client(
             config.model_name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import functools
 import itertools
+import json
 import os
 import sys
 import threading
@@ -30,11 +31,46 @@ from harness.backends.cassette import (
     FUTURE_METHODS,
     SYNC_METHODS,
     canonical_request,
-    dumps_line,
-    encode,
-    encode_or_repr,
-    secrets_in,
 )
+from harness.backends.cassette_codec import encode, encode_or_repr
+
+# -- secrets --------------------------------------------------------------------------------------
+
+SECRET_NAME_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+# Shorter values ("1", "true") are no credentials, and scrubbing them would corrupt the data.
+MIN_SECRET_LENGTH = 8
+
+
+def secrets_in(environ: Mapping[str, str]) -> dict[str, str]:
+    """{value: variable name} of every environment variable whose name says it holds a secret
+    (TOKENIZERS_PARALLELISM and the like do not count)."""
+    found = {}
+    for name, value in environ.items():
+        words = name.upper().replace("TOKENIZER", "")
+        if any(part in words for part in SECRET_NAME_PARTS) and len(value) >= MIN_SECRET_LENGTH:
+            found[value] = name
+    return found
+
+
+def scrub(tree: Any, secrets: Mapping[str, str]) -> Any:
+    """`tree` with every secret value in its strings replaced by `<redacted:NAME>`."""
+    if isinstance(tree, str):
+        for value in sorted(secrets, key=len, reverse=True):
+            tree = tree.replace(value, f"<redacted:{secrets[value]}>")
+        return tree
+    if isinstance(tree, list):
+        return [scrub(item, secrets) for item in tree]
+    if isinstance(tree, dict):
+        return {scrub(k, secrets): scrub(v, secrets) for k, v in tree.items()}
+    return tree
+
+
+def dumps_line(tree: Any, secrets: Mapping[str, str]) -> str:
+    """One JSON line, secrets scrubbed (the tree is walked only if a secret shows in the text)."""
+    text = json.dumps(tree, separators=(",", ":"), allow_nan=False)
+    if any(json.dumps(value)[1:-1] in text for value in secrets):
+        text = json.dumps(scrub(tree, secrets), separators=(",", ":"), allow_nan=False)
+    return text
 
 
 def reward_name(reward_fn: Callable[..., Any] | None) -> str | None:

@@ -34,12 +34,11 @@ from harness.backends.cassette import (
     CassetteError,
     canonical_request,
     client_kind,
-    decode,
-    first_difference,
-    match_key,
     read_cassette,
     read_header,
 )
+from harness.backends.cassette_codec import decode
+from harness.backends.cassette_compare import first_difference, match_key
 from harness.config import ConfigError
 from harness.plugins import import_module
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tinker
 
-from harness.serve import LocalTinkerServer
+from harness.serve.server import LocalTinkerServer
 from harness.weather import Weather
 
 # A server of our own gets a fresh key; one already running takes the user's, or any `tml-`.
