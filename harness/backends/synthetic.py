@@ -279,7 +279,7 @@ class SyntheticSamplingClient:
         tokens = prompt.to_ints()
         model = self._service.model
         return self._service.weather.sample(
-            lambda: run_now(
+            lambda: self._service.sampler.submit(
                 lambda: model.sample(
                     tokens, sampling_params, num_samples, seed, self.optimizer_steps
                 )
@@ -406,6 +406,8 @@ class SyntheticServiceClient:
         self.store = CheckpointStore(storage_dir)
         self.weather = local_weather(weather, self.store)
         self.model = SyntheticModel(tokenizer, problems)
+        # Responses are made off the caller's thread, as a service makes them elsewhere.
+        self.sampler = OrderedWorker("synthetic-sample")
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._trainers: list[SyntheticTrainingClient] = []
@@ -419,6 +421,7 @@ class SyntheticServiceClient:
     def close(self, status: Literal["success", "errored", "interrupted"] = "success") -> None:
         for trainer in self._trainers:
             trainer.close()
+        self.sampler.shutdown(wait=True)
         self.weather.close()
 
     def next_seed(self) -> int:
