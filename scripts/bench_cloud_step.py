@@ -124,7 +124,7 @@ def run(
     test_problems = load_problems("gsm8k", "test", config.dataset_path)
     tokenizer, _ = load_tokenizer(config.model_name)
     scaled = dataclasses.replace(weather, time_scale=time_scale)
-    cassette = folder / "run.jsonl" if record else None
+    cassette = folder / "run.cassette" if record else None  # the binary format
     service = SyntheticServiceClient(
         folder / "storage", tokenizer, [*train_problems, *test_problems], seed=0, weather=scaled
     )

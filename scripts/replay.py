@@ -106,8 +106,16 @@ class RunView:
 # -- rebuilding the run ---------------------------------------------------------------------------
 
 
-def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None) -> RunView:
-    cassette = read_cassette(path)
+def load_view(
+    path: str | Path, dataset_path: str | None, tokenizer: str | None, step: int | None = None
+) -> RunView:
+    """The run's view; with `step`, of that step alone (a binary cassette's other steps are
+    not read)."""
+    if step is None:
+        cassette = read_cassette(path)
+    else:
+        start = _start_step(read_cassette(path, segment=0).calls)
+        cassette = read_cassette(path, segment=max(step - start, 0))
     config = cassette.config
     notes: list[str] = []
     r1_zero = config.get("use_r1_zero_format", True)
@@ -119,13 +127,13 @@ def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None)
     )
     train_problems, test_problems = _problems(config, dataset_path, notes)
     start = _start_step(cassette.calls)
-    cursor = _cursor_at(start, train_problems, config)
+    cursor = _cursor_at(start + cassette.first_segment, train_problems, config)
     val_problems = None
     if test_problems is not None:
         indices = validation_subset(len(test_problems), config["eval_n"], config["seed"])
         val_problems = [test_problems[i] for i in indices]
     steps = []
-    for k, calls in enumerate(_segments(cassette.calls)):
+    for k, calls in enumerate(_segments(cassette.calls), start=cassette.first_segment):
         number = start + k
         batch = None
         if train_problems is not None:
@@ -344,7 +352,7 @@ def header_panel(view: RunView) -> Panel:
     lines = [
         f"recorded {header.get('recorded_at')} on the {header.get('backend')} backend:"
         f" {header.get('model')}, harness {header.get('harness')}, tinker {header.get('tinker')}",
-        f"{len(view.cassette.calls)} calls, {sum(not s.final for s in view.steps)} steps;"
+        f"{_extent(view)};"
         f" reward {header.get('reward') or view.config.get('reward_fn') or 'the task reward'}",
         *(
             f"{name}: {plugged['function']} (sha256 {plugged['sha256'][:12]})"
@@ -354,6 +362,13 @@ def header_panel(view: RunView) -> Panel:
         *(f"[yellow]note:[/] {escape(note)}" for note in view.notes),
     ]
     return Panel("\n".join(lines), title=escape(str(view.cassette.path)), expand=False)
+
+
+def _extent(view: RunView) -> str:
+    if view.cassette.segments is not None:  # one step read alone
+        calls = len(view.cassette.calls)
+        return f"{view.cassette.segments} steps (this one read alone, {calls} calls)"
+    return f"{len(view.cassette.calls)} calls, {sum(not s.final for s in view.steps)} steps"
 
 
 def replay_flags(view: RunView) -> list[str]:
@@ -434,6 +449,10 @@ def find_step(view: RunView, number: int) -> Step:
         if step.number == number and not step.final:
             return step
     recorded = [s.number for s in view.steps if not s.final]
+    if view.cassette.segments is not None:  # read alone: the numbers the whole file holds
+        start = _start_step(view.cassette.calls)  # the setup calls are always read
+        recorded = list(range(start, start + view.cassette.segments))
+        recorded = [n for n in recorded if n != view.config.get("n_grpo_steps")]
     raise ValueError(f"--step={number}: the cassette records steps {recorded}")
 
 
@@ -517,7 +536,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     # Tables are laid out for 100+ columns; a pipe gets 120 rather than rich's 80.
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     try:
-        view = load_view(args.cassette, args.dataset_path, args.tokenizer)
+        view = load_view(args.cassette, args.dataset_path, args.tokenizer, args.step)
         console.print(header_panel(view))
         if args.step is None:
             console.print(step_table(view))
