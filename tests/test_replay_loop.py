@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.cassette import read_header
+from harness.backends.cassette import read_header, recorded_flags
 from harness.backends.replay import ReplayServiceClient, recorded_reward_fn
 from harness.config import Config
 from harness.data import load_problems
@@ -38,7 +38,7 @@ TRAINING_METRICS = ["train/loss", "train/kl_sampler_trainer", "train/ratio_mean"
 
 def recorded_config(cassette: Path, log_path: Path) -> Config:
     """The recorded run's flags, pointed at a fresh log folder."""
-    recorded = read_header(cassette)["config"]
+    recorded = recorded_flags(read_header(cassette))
     fields = {f.name for f in dataclasses.fields(Config)}
     config = Config(**{k: v for k, v in recorded.items() if k in fields})
     return dataclasses.replace(

@@ -204,7 +204,17 @@ class Cassette:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.header.get("config") or {}
+        return recorded_flags(self.header)
+
+
+# Flags a cassette recorded before they existed was recorded under, where that is not today's
+# default: before streaming, every step ran in the serial order.
+PREDATING_FLAGS = {"stream_training": False}
+
+
+def recorded_flags(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded run's flags, those it predates at the values it ran with."""
+    return {**PREDATING_FLAGS, **(header.get("config") or {})}
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
