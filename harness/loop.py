@@ -362,8 +362,10 @@ def grpo_step(
             validation = submit_validation(
                 step, config, sampling_client, tokenizer, val_questions, waits
             )
-        with timer("time/training"):
-            trained = finished_training(submitted, waits)
+        trained = None
+        if submitted is not None:
+            with timer("time/training"):
+                trained = finished_training(*submitted, waits)
         if validation is not None:
             with timer("time/validation"):
                 val_metrics, val_tokens = finish_validation(
@@ -487,12 +489,9 @@ def stream_forward_backward(
     return rollouts, (fb_futures, optim_future)
 
 
-def finished_training(submitted: tuple[list[Any], Any] | None, waits: Waits) -> Trained | None:
+def finished_training(fb_futures: list[Any], optim_future: Any, waits: Waits) -> Trained:
     """The answers of a streamed step's forward_backward requests (combined as the SDK
     combines a chunked one's) and of its optim_step."""
-    if submitted is None:
-        return None
-    fb_futures, optim_future = submitted
     outputs = [waits.training(future, "forward_backward") for future in fb_futures]
     return combine_fwd_bwd_output_results(outputs), waits.training(optim_future, "optim_step")
 

@@ -119,7 +119,7 @@ def one_step(mode, training_client, tokenizer, inputs, config, tmp_path):
             0, requests, problems, prompts, training_client, tokenizer, functions, config,
             timer, logger,
         )  # fmt: skip
-        trained = finished_training(submitted, waits)
+        trained = finished_training(*submitted, waits)
     return rollouts, trained, shown
 
 
