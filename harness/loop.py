@@ -9,6 +9,11 @@ Each step:
   6. forward_backward with the ppo loss and optim_step, submitted back to back,
   7. log; checkpoint every `save_every` steps; validate every `eval_every` steps.
 
+By default steps 3-6 stream (`stream_forward_backward`): each group is scored as its
+samples arrive and its Datums go to forward_backward in requests of `stream_request_tokens`,
+the one optim_step after the last, and validation samples while that last request trains;
+`--stream_training=False` runs them one after another (`serial_training`).
+
 The loop never knows which backend it talks to: the service client is injected.
 """
 
