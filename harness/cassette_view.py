@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from tinker import types
+from tinker.lib.chunked_fwdbwd_helpers import combine_fwd_bwd_output_results
 
 from harness.backends.cassette import Call, Cassette, read_cassette
 from harness.backends.cassette_codec import decode
@@ -26,8 +27,9 @@ from harness.checkpoints import step_of
 from harness.config import Config, ConfigError
 from harness.data import DatasetUnavailable, Problem, cursor_at_step, load_problems, next_batch
 from harness.evaluation import Question, answer_records, validation_metrics, validation_subset
-from harness.loop import rollout_metrics, score, training_metrics
+from harness.loop import OptimizerStep, rollout_metrics, score, training_metrics
 from harness.metrics import length_metrics
+from harness.objectives import SignalInput
 from harness.plugins import load_function
 from harness.prompts import PromptName, effective_prompt, format_prompt
 from harness.rewards import make_reward_fn
@@ -106,10 +108,17 @@ def purpose_of(call: Call) -> Purpose:
     return "rollout" if "seed" in call.request.get("sampling_params", {}) else "evaluation"
 
 
-def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None) -> RunView:
+def load_view(
+    path: str | Path, dataset_path: str | None, tokenizer: str | None, step: int | None = None
+) -> RunView:
     """The run recorded in `path`; `dataset_path` and `tokenizer` stand in for a dataset and a
-    tokenizer the recorded ones name but this machine cannot load."""
-    cassette = read_cassette(path)
+    tokenizer the recorded ones name but this machine cannot load. With `step`, of that step
+    alone (a binary cassette's other steps are not read)."""
+    if step is None:
+        cassette = read_cassette(path)
+    else:
+        start = _start_step(read_cassette(path, segment=0).calls)
+        cassette = read_cassette(path, segment=max(step - start, 0))
     config = cassette.config
     notes: list[str] = []
     r1_zero = config.get("use_r1_zero_format", True)
@@ -125,20 +134,20 @@ def load_view(path: str | Path, dataset_path: str | None, tokenizer: str | None)
     batch_size, seed = config["rollout_batch_size"], config["seed"]
     cursor = None
     if train_problems is not None:
-        cursor = cursor_at_step(start, len(train_problems), batch_size)
+        cursor = cursor_at_step(start + cassette.first_segment, len(train_problems), batch_size)
     questions = None
     if test_problems is not None:
         indices = validation_subset(len(test_problems), config["eval_n"], seed)
         questions = [(i, test_problems[i]) for i in indices]
     steps = []
-    for k, calls in enumerate(_segments(cassette.calls)):
+    for k, calls in enumerate(_segments(cassette.calls), start=cassette.first_segment):
         number = start + k
         batch = None
         if train_problems is not None and cursor is not None:
             indices, cursor = next_batch(cursor, len(train_problems), batch_size, seed)
             batch = [train_problems[i] for i in indices]
         final = number == config.get("n_grpo_steps")
-        step = _step(number, final, calls, batch, questions, scoring, config.get("cliprange"))
+        step = _step(number, final, calls, batch, questions, scoring, _run_config(config))
         steps.append(step)
         if any(g.prompt_matches is False for g in step.groups):
             notes.append(
@@ -153,15 +162,19 @@ def find_step(view: RunView, number: int) -> Step:
         if step.number == number and not step.final:
             return step
     recorded = [s.number for s in view.steps if not s.final]
+    if view.cassette.segments is not None:  # read alone: the numbers the whole file holds
+        start = _start_step(view.cassette.calls)  # the setup calls are always read
+        recorded = list(range(start, start + view.cassette.segments))
+        recorded = [n for n in recorded if n != view.config.get("n_grpo_steps")]
     raise ValueError(f"--step={number}: the cassette records steps {recorded}")
 
 
 def replay_flags(view: RunView) -> list[str]:
     """The flags that replay this cassette."""
-    return ["--backend=replay", f"--cassette={view.cassette.path}", *recorded_flags(view.config)]
+    return ["--backend=replay", f"--cassette={view.cassette.path}", *rerun_flags(view.config)]
 
 
-def recorded_flags(config: dict[str, Any]) -> list[str]:
+def rerun_flags(config: dict[str, Any]) -> list[str]:
     """The recorded run's flags that are not defaults, but for where it ran and what it wrote
     (backend, log and cassette paths): the flags that run it again."""
     defaults = dataclasses.asdict(Config())
@@ -250,21 +263,17 @@ def _step(
     batch: list[Problem] | None,
     questions: list[Question] | None,
     scoring: Scoring,
-    cliprange: float | None,
+    run: Config | None,
 ) -> Step:
     samples = [c for c in calls if c.method == "sample" and c.response is not None]
     rollout_calls = [c for c in samples if purpose_of(c) == "rollout"]
     validation_calls = [c for c in samples if purpose_of(c) == "evaluation"]
-    fb = _result(calls, "forward_backward")
-    optim = _result(calls, "optim_step")
-    datums_D = decode(fb.request["data"]) if fb is not None else []
     responses_P = [decode(c.response) for c in rollout_calls]
     groups = _groups(rollout_calls, responses_P, batch, scoring)
-    fb_output = decode(fb.response) if fb is not None and groups else None
-    origins_D, advantages_P_G = [], None
-    if fb_output is not None:
-        origins_D, advantages_P_G = _origins(datums_D, groups)
-        _attach_training(groups, origins_D, advantages_P_G, fb_output)
+    trained = _trained(calls) if groups else []
+    origins_D, signal_P_G, steps = _origins(trained, groups) if trained else ([], None, [])
+    if steps:
+        _attach_training(groups, origins_D, signal_P_G, steps)
     metrics: dict[str, float] = {}
     if responses_P and batch is not None and len(batch) == len(responses_P):
         scored = score(responses_P, batch, scoring.tokenizer, scoring.reward_fn)
@@ -272,16 +281,15 @@ def _step(
         for group, scores_G in zip(groups, scored.scores_P_G, strict=True):
             for rollout, reward in zip(group.rollouts, scores_G, strict=True):
                 rollout.reward = reward
-        if fb_output is not None and optim is not None and cliprange is not None:
-            metrics |= training_metrics(
-                fb_output, decode(optim.response), scored, origins_D, advantages_P_G, cliprange
-            )
+        if steps and run is not None:
+            metrics |= training_metrics(steps, scored, origins_D, signal_P_G, run)
     elif responses_P:
         metrics |= length_metrics(*_lengths(responses_P))
     if rollout_calls:
-        metrics["train/datums"] = float(len(datums_D))
-    if fb_output is not None and "train/loss" not in metrics:
-        metrics["train/loss"] = float(fb_output.metrics["loss:sum"])
+        metrics["train/datums"] = float(len(origins_D))
+    if steps and "train/loss" not in metrics:
+        losses = [float(step.forward_backward.metrics["loss:sum"]) for step in steps]
+        metrics["train/loss"] = float(np.mean(losses))
     validation: list[dict[str, Any]] = []
     if validation_calls and questions is not None and len(questions) == len(validation_calls):
         validation = answer_records(
@@ -296,9 +304,22 @@ def _step(
     return Step(number, final and not rollout_calls, groups, validation, metrics, timings)
 
 
-def _result(calls: list[Call], method: str) -> Call | None:
-    """The step's answered call of `method`, if it made one."""
-    return next((c for c in calls if c.method == method and c.error is None), None)
+def _trained(calls: list[Call]) -> list[tuple[list[types.Datum], types.ForwardBackwardOutput, Any]]:
+    """The step's optimizer steps as the loop sent them: the answered forward_backward calls
+    before each optim_step (several when the step streamed its Datums), their Datums in order,
+    their outputs combined as the SDK combines a chunked request's, and the optim_step's answer."""
+    trained, datums, outputs = [], [], []
+    for call in calls:
+        if call.error is not None:
+            continue
+        if call.method == "forward_backward":
+            datums += decode(call.request["data"])
+            outputs.append(decode(call.response))
+        elif call.method == "optim_step" and outputs:
+            combined = combine_fwd_bwd_output_results(outputs)
+            trained.append((datums, combined, decode(call.response)))
+            datums, outputs = [], []
+    return trained
 
 
 def _groups(
@@ -327,37 +348,68 @@ def _groups(
 
 
 def _origins(
-    datums_D: list[types.Datum], groups: list[QuestionGroup]
-) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """The (problem, member) each trained Datum came from, and the (P, G) advantages they carry
-    (0 for responses not trained on). A Datum's `model_input` plus its last target is its
-    prompt and response."""
+    trained: list[tuple[list[types.Datum], types.ForwardBackwardOutput, Any]],
+    groups: list[QuestionGroup],
+) -> tuple[list[tuple[int, int]], np.ndarray, list[OptimizerStep]]:
+    """The (problem, member) each trained Datum came from (each once, however many optimizer
+    steps trained on it), the (P, G) signal they carry (0 for responses not trained on), and
+    the optimizer steps with their Datums as indices into that list. A Datum's `model_input`
+    plus its last target is its prompt and response."""
     members = {
         (*group.prompt_tokens, *rollout.tokens.tolist()): (p, g)
         for p, group in enumerate(groups)
         for g, rollout in enumerate(group.rollouts)
     }
-    advantages_P_G = np.zeros((len(groups), max(len(g.rollouts) for g in groups)), np.float32)
-    origins_D = []
-    for datum in datums_D:
-        targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
-        p, g = members[(*datum.model_input.to_ints(), int(targets[-1]))]
-        advantages_P_G[p, g] = datum.loss_fn_inputs["advantages"].to_numpy()[-1]
-        origins_D.append((p, g))
-    return origins_D, advantages_P_G
+    signal_P_G = np.zeros((len(groups), max(len(g.rollouts) for g in groups)), np.float32)
+    origins_D: list[tuple[int, int]] = []
+    position: dict[tuple[int, int], int] = {}
+    steps = []
+    for datums, output, optim in trained:
+        indices = []
+        for datum in datums:
+            targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
+            p, g = members[(*datum.model_input.to_ints(), int(targets[-1]))]
+            if (p, g) not in position:
+                position[p, g] = len(origins_D)
+                origins_D.append((p, g))
+                signal = next(k for k in SIGNAL_INPUTS if k in datum.loss_fn_inputs)
+                signal_P_G[p, g] = datum.loss_fn_inputs[signal].to_numpy()[-1]
+            indices.append(position[p, g])
+        steps.append(OptimizerStep(indices, output, optim))
+    return origins_D, signal_P_G, steps
 
 
 def _attach_training(
     groups: list[QuestionGroup],
     origins_D: list[tuple[int, int]],
-    advantages_P_G: np.ndarray,
-    fb_output: types.ForwardBackwardOutput,
+    signal_P_G: np.ndarray,
+    steps: list[OptimizerStep],
 ) -> None:
-    """Each trained rollout's advantage and the trainer's logprobs of its response tokens."""
-    for (p, g), output in zip(origins_D, fb_output.loss_fn_outputs, strict=True):
-        rollout = groups[p].rollouts[g]
-        rollout.advantage = float(advantages_P_G[p, g])
-        rollout.trainer_logprobs = output["logprobs"].to_numpy()[-len(rollout.tokens) :]
+    """Each trained rollout's signal and the trainer's logprobs of its response tokens, from
+    the first optimizer step that trained on it."""
+    seen = set()
+    for step in steps:
+        for d, output in zip(step.datums, step.forward_backward.loss_fn_outputs, strict=True):
+            if d in seen:
+                continue
+            seen.add(d)
+            p, g = origins_D[d]
+            rollout = groups[p].rollouts[g]
+            rollout.advantage = float(signal_P_G[p, g])
+            rollout.trainer_logprobs = output["logprobs"].to_numpy()[-len(rollout.tokens) :]
+
+
+# The Datum inputs a loss type carries its per-token signal in.
+SIGNAL_INPUTS: tuple[SignalInput, ...] = get_args(SignalInput)
+
+
+def _run_config(config: dict[str, Any]) -> Config | None:
+    """The recorded run's configuration (None for a cassette whose config does not build one)."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    try:
+        return Config(**{k: v for k, v in config.items() if k in fields})
+    except (TypeError, ValueError):
+        return None
 
 
 def _lengths(responses_P: list[types.SampleResponse]) -> tuple[np.ndarray, np.ndarray]:

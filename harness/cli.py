@@ -18,7 +18,7 @@ import tyro
 from rich.console import Console
 
 from harness.backends import check_reachable, open_service_client, scores_hook
-from harness.backends.cassette import CassetteError
+from harness.backends.cassette import CassetteError, recorded_flags
 from harness.backends.replay_service import ReplayError, recorded_header, recorded_reward_fn
 from harness.checkpoints import RunStateError, checkpoints
 from harness.config import (
@@ -79,9 +79,11 @@ def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -
         # Before any client exists: a plugged function that cannot run costs nothing.
         warnings = preflight(functions, config, first_ground_truths(config, train_problems))
         if config.backend == "replay":
-            warnings += changed_since_recording(
-                functions, recorded_header(config.cassette).get("plugged") or {}
-            )
+            header = recorded_header(config.cassette)
+            warnings += changed_since_recording(functions, header.get("plugged") or {})
+            # A replay takes the calls in the order they were made.
+            recorded = recorded_flags(header)["stream_training"]
+            config = dataclasses.replace(config, stream_training=recorded)
     except (
         ConfigError,
         DatasetUnavailable,

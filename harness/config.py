@@ -12,7 +12,7 @@ from typing import Literal
 from harness.grpo import LengthNormalization, LossType
 from harness.prompts import PromptName, answers_in_tags, effective_prompt
 
-Backend = Literal["auto", "tinker", "local", "local-server", "replay"]
+Backend = Literal["auto", "tinker", "local", "local-server", "synthetic", "replay"]
 Dataset = Literal["gsm8k", "arith"]
 
 
@@ -38,7 +38,8 @@ class Config:
     backend: Backend = "auto"
     """auto: tinker when TINKER_API_KEY is set or --base_url is given, else local.
     local-server: the local backend behind a Tinker-protocol server on 127.0.0.1, real SDK.
-    replay: answer every call from --cassette."""
+    synthetic: a synthetic model (reference solutions as responses, no network) for a
+    full-size dress rehearsal, e.g. with --weather. replay: answer every call from --cassette."""
 
     # Training hyperparameters.
     n_grpo_steps: int = 200
@@ -148,6 +149,14 @@ class Config:
     """Lifetime of the periodic checkpoints on the service (>= 3600, its minimum; None: they
     never expire, and their storage is billed). The final checkpoint is always kept."""
 
+    # The step's order (what waits for what; the update is the same either way).
+    stream_training: bool = True
+    """Send each group's Datums to forward_backward as soon as its samples are scored, in
+    requests of about --stream_request_tokens, and validate while the rollouts sample; False:
+    today's serial order (validation, then sampling, then one forward_backward)."""
+    stream_request_tokens: int = 262144
+    """With --stream_training: model-input tokens per streamed forward_backward request."""
+
     # Recording and replay.
     record_cassette: str | None = None
     """Record every client call of the run (request, response, latency) to this JSONL file."""
@@ -158,7 +167,7 @@ class Config:
 
     # The offline twin's weather.
     weather: str | None = None
-    """With --backend=local or local-server: a weather profile (TOML, e.g.
+    """With --backend=local, local-server or synthetic: a weather profile (TOML, e.g.
     fixtures/weather/tinker-like.toml) giving the cloud's latency and faults."""
 
     @property
@@ -203,6 +212,8 @@ RESUMABLE_CHANGES = frozenset(
         "rolling_save_every",
         "ttl_seconds",
         "weather",
+        "stream_training",
+        "stream_request_tokens",
     }
 )
 
@@ -243,6 +254,7 @@ def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
         "eval_n",
         "eval_num_samples",
         "epochs_per_rollout_batch",
+        "stream_request_tokens",
     )
     for name in positive:
         if getattr(config, name) <= 0:
@@ -355,9 +367,9 @@ def check_eval_sampling(num_samples: int, temperature: float, prefix: str) -> No
 def _check_weather(config: Config, backend: str) -> None:
     from harness.weather import WeatherError, load_weather
 
-    if backend not in ("local", "local-server"):
+    if backend not in ("local", "local-server", "synthetic"):
         raise ConfigError(
-            f"--weather is for --backend=local or --backend=local-server (the offline twin),"
+            f"--weather is for --backend=local, local-server or synthetic (the offline twin),"
             f" not the {backend} backend"
         )
     if backend == "local-server" and config.base_url is not None:

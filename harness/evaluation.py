@@ -25,8 +25,8 @@ from harness.rollouts import (
     collect_quietly,
     encode_prompts,
     request_seed,
-    sample_groups,
     stop_sequences,
+    submit_groups,
 )
 
 RewardFn = Callable[[str, str], dict[str, float]]
@@ -74,20 +74,54 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """One record per sampled answer (question by question, with its request's prompt and
     response token counts), every request in flight at once."""
+    pending = submit_evaluation(
+        sampling_client, tokenizer, questions, prompt, sampling, description, waits
+    )
+    return pending.records(reward_fn, collect)
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingEvaluation:
+    """An evaluation's requests in flight (`submit_evaluation`); `records` waits for them."""
+
+    tokenizer: Any
+    questions: Sequence[Question]
+    prompt_inputs: Sequence[tinker.ModelInput]
+    requests: Sequence[Any]
+    description: str
+
+    def records(
+        self, reward_fn: RewardFn, collect: Collect = collect_quietly
+    ) -> list[dict[str, Any]]:
+        responses = collect(self.requests, self.description)
+        return answer_records(
+            self.questions, self.prompt_inputs, responses, self.tokenizer, reward_fn
+        )
+
+
+def submit_evaluation(
+    sampling_client: Any,
+    tokenizer: Any,
+    questions: Sequence[Question],
+    prompt: PromptName,
+    sampling: Sampling,
+    description: str = "validation",
+    waits: Waits | None = None,
+) -> PendingEvaluation:
+    """`evaluate`'s requests, all submitted, none waited for."""
     stop = stop_sequences(tokenizer, answers_in_tags(prompt))
     prompts = [format_prompt(problem.question, prompt) for _, problem in questions]
     prompt_inputs = encode_prompts(tokenizer, prompts)
-    responses = sample_groups(
+    requests = submit_groups(
         sampling_client,
         prompt_inputs,
         group_size=sampling.num_samples,
         params_P=[request_params(sampling, stop, index) for index, _ in questions],
         purpose="evaluation",
-        collect=collect,
         description=description,
         waits=waits,
     )
-    return answer_records(questions, prompt_inputs, responses, tokenizer, reward_fn)
+    return PendingEvaluation(tokenizer, questions, prompt_inputs, requests, description)
 
 
 def answer_records(

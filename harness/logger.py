@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,14 @@ class RunLogger:
     def collect(self, futures: Sequence[Any], description: str) -> list[Any]:
         return collect_with_progress(futures, description, self.console)
 
+    @contextlib.contextmanager
+    def progress(self, totals: Mapping[str, int]) -> Iterator[Callable[..., None]]:
+        """One bar per phase, shown at once (e.g. sampling and training of a streamed step);
+        yields `advance(name, n=1)`."""
+        with _progress(self.console) as progress:
+            tasks = {name: progress.add_task(name, total=total) for name, total in totals.items()}
+            yield lambda name, n=1: progress.advance(tasks[name], n)
+
     def close(self) -> None:
         if self._wandb_run is not None:
             self._wandb_run.finish()
@@ -100,19 +109,22 @@ def _start_wandb(config: Config, log_path: Path) -> Any:
 
 
 def collect_with_progress(futures: Sequence[Any], description: str, console: Console) -> list[Any]:
-    """Wait on futures in order, with a progress bar on a terminal (elsewhere it would leave
-    an empty line in the log)."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    shown = console.is_terminal
-    with Progress(*columns, console=console, transient=True, disable=not shown) as progress:
+    """Wait on futures in order, with a progress bar on a terminal."""
+    with _progress(console) as progress:
         task = progress.add_task(description, total=len(futures))
         results = []
         for future in futures:
             results.append(future.result())
             progress.advance(task)
     return results
+
+
+def _progress(console: Console) -> Progress:
+    """Progress bars on a terminal (elsewhere they would leave an empty line in the log)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)

@@ -10,6 +10,12 @@ Each step:
      (once per minibatch and epoch when several optimizer steps share a rollout batch),
   7. log; checkpoint every `save_every` steps; validate every `eval_every` steps.
 
+With one optimizer step per rollout batch, steps 3-6 stream by default
+(`stream_forward_backward`): each group is scored as its samples arrive and its Datums go to
+forward_backward in requests of `stream_request_tokens`, the one optim_step after the last, and
+validation samples while that last request trains; `--stream_training=False`, or several
+optimizer steps per rollout batch, runs them one after another (`serial_training`).
+
 The loop never knows which backend it talks to: the service client is injected.
 """
 
@@ -26,6 +32,7 @@ from typing import Any
 import numpy as np
 import tinker
 import torch
+from tinker.lib.chunked_fwdbwd_helpers import combine_fwd_bwd_output_results
 
 from harness.checkpoints import (
     RunStateError,
@@ -47,10 +54,11 @@ from harness.cost import (
 from harness.data import BatchCursor, Problem, next_batch
 from harness.datums import step_datums
 from harness.evaluation import (
+    PendingEvaluation,
     Question,
     RewardFn,
     Sampling,
-    evaluate,
+    submit_evaluation,
     validation_metrics,
     validation_subset,
 )
@@ -66,8 +74,8 @@ from harness.rollouts import (
     encode_prompts,
     request_seed,
     response_arrays,
-    sample_groups,
     stop_sequences,
+    submit_groups,
 )
 from harness.timing import Timer
 
@@ -116,6 +124,29 @@ class Scored:
     format_P_G: np.ndarray
     answer_P_G: np.ndarray
     truncated_P_G: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollouts:
+    """Rollouts scored, their (P, G) advantages, and the Datums built from them with the
+    (problem, member) each came from."""
+
+    scored: Scored
+    advantages_P_G: np.ndarray
+    signal_P_G: np.ndarray
+    """What the Datums carry in the loss's input: the advantages, length-normalised, or the raw
+    rewards for `no_baseline`."""
+    datums_D: list[tinker.Datum]
+    origins_D: list[tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerStep:
+    """One optimizer step of a rollout batch: the Datums it trained on and the answers."""
+
+    datums: list[int]
+    forward_backward: tinker.ForwardBackwardOutput
+    optim: tinker.OptimStepResponse
 
 
 def train(
@@ -322,60 +353,56 @@ def grpo_step(
             training_client.save_weights_and_get_sampling_client(),
             "save_weights_and_get_sampling_client",
         )
-    if val_questions is not None:
+    streamed = streams(config)
+    if val_questions is not None and not streamed:
         with timer("time/validation"):
-            val_metrics, tokens = validate(
-                step, config, sampling_client, tokenizer, val_questions,
-                functions.eval_reward_fn, logger, waits,
-            )  # fmt: skip
-            metrics |= val_metrics
+            validation = submit_validation(
+                step, config, sampling_client, tokenizer, val_questions, waits
+            )
+            metrics, tokens = finish_validation(step, validation, functions.eval_reward_fn, logger)
 
     prompt_tokens_P = encode_prompts(
         tokenizer, [format_prompt(p.question, config.prompt_name) for p in problems_P]
     )
-    with timer("time/sampling"):
-        responses_P = sample_groups(
-            sampling_client,
-            prompt_tokens_P,
-            config.group_size,
-            rollout_params(config, tokenizer, step, len(problems_P)),
-            purpose="rollout",
-            collect=logger.collect,
-            waits=waits,
-        )
-    tokens += sampling_tokens(prompt_tokens_P, responses_P)
-    with timer("time/compute_rewards"):
-        scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
-    with timer("time/build_data"):
-        advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
-        if functions.on_scores is not None:
-            functions.on_scores(step, scored.rewards_P_G, advantages_P_G)
-        loss = tinker_loss(config.loss_type, config.cliprange)
-        signal_P_G = training_signal(
-            config.loss_type,
-            advantages_P_G,
-            scored.rewards_P_G,
-            response_lengths(scored),
-            config.length_normalization,
-            config.sampling_max_tokens,
-        )
-        datums_D, origins_D = step_datums(
-            [p.to_ints() for p in prompt_tokens_P],
-            scored.tokens_P_G,
-            scored.logprobs_P_G,
-            signal_P_G,
-            loss.signal_input,
-        )
-    trained = None
-    if datums_D:
-        with timer("time/training"):
-            schedule = optimizer_steps(
-                origins_D, config.group_size, config.minibatch_size, config.epochs_per_rollout_batch
+    requests_P = submit_groups(
+        sampling_client,
+        prompt_tokens_P,
+        config.group_size,
+        rollout_params(config, tokenizer, step, len(problems_P)),
+        purpose="rollout",
+        waits=waits,
+    )
+    if streamed:
+        rollouts, submitted = stream_forward_backward(
+            step, requests_P, problems_P, prompt_tokens_P, training_client, tokenizer,
+            functions, config, timer, logger,
+        )  # fmt: skip
+        validation = None
+        if val_questions is not None:  # while the step's last training cycle runs
+            validation = submit_validation(
+                step, config, sampling_client, tokenizer, val_questions, waits
             )
-            trained = train_on(training_client, datums_D, schedule, loss, config, waits)
-        for indices in schedule:  # every Datum sent, as often as it is sent
-            tokens += training_tokens(datums_D[d] for d in indices)
+        trained = None
+        if submitted is not None:
+            with timer("time/training"):
+                trained = finished_training(*submitted, waits)
+        if validation is not None:
+            with timer("time/validation"):
+                val_metrics, val_tokens = finish_validation(
+                    step, validation, functions.eval_reward_fn, logger
+                )
+            metrics |= val_metrics
+            tokens += val_tokens
     else:
+        rollouts, trained = serial_training(
+            step, requests_P, problems_P, prompt_tokens_P, training_client, tokenizer,
+            functions, config, waits, timer, logger,
+        )  # fmt: skip
+    scored, datums_D = rollouts.scored, rollouts.datums_D
+    tokens += sampling_tokens(prompt_tokens_P, [r.result() for r in requests_P])
+    for optimizer_step in trained or []:  # every Datum sent, as often as it is sent
+        tokens += training_tokens(datums_D[d] for d in optimizer_step.datums)
+    if not datums_D:
         what = (
             "rollout had a reward"
             if config.loss_type == "no_baseline"
@@ -391,8 +418,17 @@ def grpo_step(
         **timer.totals(),
     }
     if trained is not None:
-        metrics |= training_metrics(trained, scored, origins_D, signal_P_G, config)
+        metrics |= training_metrics(
+            trained, scored, rollouts.origins_D, rollouts.signal_P_G, config
+        )
     return metrics, tokens
+
+
+def streams(config: Config) -> bool:
+    """Whether the step streams its Datums to training as groups are scored: asked for, and
+    exact, since one optimizer step follows them all (with several, each minibatch must wait
+    for the whole batch's advantages and the step before it)."""
+    return config.stream_training and config.optimizer_steps_per_rollout_batch == 1
 
 
 def rollout_metrics(scored: Scored) -> dict[str, float]:
@@ -408,6 +444,180 @@ def rollout_metrics(scored: Scored) -> dict[str, float]:
 def response_lengths(scored: Scored) -> np.ndarray:
     """Sampled tokens per response, (P, G)."""
     return np.array([[len(t) for t in tokens_G] for tokens_G in scored.tokens_P_G])
+
+
+def serial_training(
+    step: int,
+    requests_P: Sequence[Any],
+    problems_P: Sequence[Problem],
+    prompt_tokens_P: Sequence[tinker.ModelInput],
+    training_client: Any,
+    tokenizer: Any,
+    functions: StepFunctions,
+    config: Config,
+    waits: Waits,
+    timer: Timer,
+    logger: RunLogger,
+) -> tuple[Rollouts, list[OptimizerStep] | None]:
+    """Every response, then every score, then each optimizer step of the schedule."""
+    with timer("time/sampling"):
+        responses_P = logger.collect(requests_P, "sampling")
+    rollouts = prepare(
+        responses_P, problems_P, prompt_tokens_P, tokenizer, functions, config, timer
+    )
+    show_scores(step, rollouts, functions)
+    if not rollouts.datums_D:
+        return rollouts, None
+    schedule = optimizer_steps(
+        rollouts.origins_D, config.group_size, config.minibatch_size,
+        config.epochs_per_rollout_batch,
+    )  # fmt: skip
+    loss = tinker_loss(config.loss_type, config.cliprange)
+    with timer("time/training"):
+        return rollouts, train_on(training_client, rollouts.datums_D, schedule, loss, config, waits)
+
+
+def stream_forward_backward(
+    step: int,
+    requests_P: Sequence[Any],
+    problems_P: Sequence[Problem],
+    prompt_tokens_P: Sequence[tinker.ModelInput],
+    training_client: Any,
+    tokenizer: Any,
+    functions: StepFunctions,
+    config: Config,
+    timer: Timer,
+    logger: RunLogger,
+) -> tuple[Rollouts, tuple[int, list[Any], Any] | None]:
+    """Each group scored as its samples arrive (in question order, so requests are the same
+    whatever the timing), its Datums sent to forward_backward in requests of at least
+    `stream_request_tokens` tokens, and the step's one optim_step right after the last (in
+    its cycle): exactly the serial step's update, as gradients add up until optim_step.
+    The rollouts, and the training requests in flight (None: nothing to train on)."""
+    loss = tinker_loss(config.loss_type, config.cliprange)
+    parts: list[Rollouts] = []
+    pending: list[tinker.Datum] = []
+    fb_futures: list[Any] = []
+    pending_tokens = 0
+    waiting = 0  # groups scored whose Datums are not sent yet
+    n_problems = len(requests_P)
+    with logger.progress({"sampling": n_problems, "training": n_problems}) as advance:
+        for p, request in enumerate(requests_P):
+            with timer("time/sampling"):
+                response = request.result()
+            advance("sampling")
+            group = prepare(
+                [response], problems_P[p : p + 1], prompt_tokens_P[p : p + 1], tokenizer,
+                functions, config, timer,
+            )  # fmt: skip
+            parts.append(group)
+            pending += group.datums_D
+            pending_tokens += request_tokens(group.datums_D)
+            waiting += 1
+            last = p == n_problems - 1
+            if last:
+                rollouts = joined(parts)
+                show_scores(step, rollouts, functions)
+            if pending and (last or pending_tokens >= config.stream_request_tokens):
+                with timer("time/training"):
+                    fb_futures.append(submit_forward_backward(training_client, pending, loss))
+                pending, pending_tokens = [], 0
+            if not pending:  # every group so far is sent (or had nothing to send)
+                advance("training", waiting)
+                waiting = 0
+    if not fb_futures:
+        return rollouts, None
+    with timer("time/training"):
+        optim_future = training_client.optim_step(
+            tinker.AdamParams(learning_rate=config.learning_rate)
+        )
+    return rollouts, (len(rollouts.datums_D), fb_futures, optim_future)
+
+
+def finished_training(
+    n_datums: int, fb_futures: list[Any], optim_future: Any, waits: Waits
+) -> list[OptimizerStep]:
+    """A streamed step's one optimizer step: the answers of its forward_backward requests
+    (combined as the SDK combines a chunked one's, in the Datums' order) and of its optim_step."""
+    outputs = [waits.training(future, "forward_backward") for future in fb_futures]
+    return [
+        OptimizerStep(
+            list(range(n_datums)),
+            combine_fwd_bwd_output_results(outputs),
+            waits.training(optim_future, "optim_step"),
+        )
+    ]
+
+
+def request_tokens(datums_D: Sequence[tinker.Datum]) -> int:
+    """Model-input tokens of a forward_backward request: the work it brings a clock cycle."""
+    return sum(datum.model_input.length for datum in datums_D)
+
+
+def prepare(
+    responses_P: Sequence[tinker.SampleResponse],
+    problems_P: Sequence[Problem],
+    prompt_tokens_P: Sequence[tinker.ModelInput],
+    tokenizer: Any,
+    functions: StepFunctions,
+    config: Config,
+    timer: Timer,
+) -> Rollouts:
+    """Responses scored, their group advantages, the loss type's signal, and their Datums."""
+    with timer("time/compute_rewards"):
+        scored = score(responses_P, problems_P, tokenizer, functions.reward_fn)
+    with timer("time/build_data"):
+        advantages_P_G = group_advantages(functions.advantages_fn, scored, problems_P, config)
+        signal_P_G = training_signal(
+            config.loss_type,
+            advantages_P_G,
+            scored.rewards_P_G,
+            response_lengths(scored),
+            config.length_normalization,
+            config.sampling_max_tokens,
+        )
+        datums_D, origins_D = step_datums(
+            [p.to_ints() for p in prompt_tokens_P],
+            scored.tokens_P_G,
+            scored.logprobs_P_G,
+            signal_P_G,
+            tinker_loss(config.loss_type, config.cliprange).signal_input,
+        )
+    return Rollouts(scored, advantages_P_G, signal_P_G, datums_D, origins_D)
+
+
+def joined(parts: Sequence[Rollouts]) -> Rollouts:
+    """Consecutive problems' rollouts as one step's (origins renumbered)."""
+    offsets = np.cumsum([0] + [len(part.scored.tokens_P_G) for part in parts])
+    scored = Scored(
+        **{
+            field.name: _concatenated([getattr(part.scored, field.name) for part in parts])
+            for field in dataclasses.fields(Scored)
+        }
+    )
+    return Rollouts(
+        scored=scored,
+        advantages_P_G=np.concatenate([part.advantages_P_G for part in parts]),
+        signal_P_G=np.concatenate([part.signal_P_G for part in parts]),
+        datums_D=[datum for part in parts for datum in part.datums_D],
+        origins_D=[
+            (int(offset) + p, g)
+            for part, offset in zip(parts, offsets, strict=False)
+            for p, g in part.origins_D
+        ],
+    )
+
+
+def _concatenated(values: Sequence[Any]) -> Any:
+    if isinstance(values[0], np.ndarray):
+        return np.concatenate(values)
+    return [item for value in values for item in value]
+
+
+def show_scores(step: int, rollouts: Rollouts, functions: StepFunctions) -> None:
+    """The step's rewards and advantages to `on_scores` (a recording keeps them)."""
+    if functions.on_scores is not None:
+        functions.on_scores(step, rollouts.scored.rewards_P_G, rollouts.advantages_P_G)
 
 
 def rollout_params(
@@ -484,15 +694,6 @@ def group_advantages(
     return checked_advantages(name, result, scored.rewards_P_G)[0]
 
 
-@dataclasses.dataclass(frozen=True)
-class OptimizerStep:
-    """One optimizer step of a rollout batch: the Datums it trained on and the answers."""
-
-    datums: list[int]
-    forward_backward: tinker.ForwardBackwardOutput
-    optim: tinker.OptimStepResponse
-
-
 def train_on(
     training_client: Any,
     datums_D: list[tinker.Datum],
@@ -508,11 +709,7 @@ def train_on(
     submitted = [
         (
             indices,
-            training_client.forward_backward(
-                [datums_D[d] for d in indices],
-                loss_fn=loss.loss_fn,
-                loss_fn_config=loss.loss_fn_config,
-            ),
+            submit_forward_backward(training_client, [datums_D[d] for d in indices], loss),
             training_client.optim_step(tinker.AdamParams(learning_rate=config.learning_rate)),
         )
         for indices in schedule
@@ -525,6 +722,15 @@ def train_on(
         )
         for indices, fb_future, optim_future in submitted
     ]
+
+
+def submit_forward_backward(
+    training_client: Any, datums_D: list[tinker.Datum], loss: TinkerLoss
+) -> Any:
+    """forward_backward with the loss type's Tinker loss, not waited for."""
+    return training_client.forward_backward(
+        datums_D, loss_fn=loss.loss_fn, loss_fn_config=loss.loss_fn_config
+    )
 
 
 def training_metrics(
@@ -581,19 +787,15 @@ def step_tokens(
     return sampler_logprobs_D, trainer_logprobs_D, [float(signal_P_G[p, g]) for p, g in sources]
 
 
-def validate(
+def submit_validation(
     step: int,
     config: Config,
     sampling_client: Any,
     tokenizer: Any,
     questions: Sequence[Question],
-    eval_reward_fn: RewardFn,
-    logger: RunLogger,
     waits: Waits,
-) -> tuple[dict[str, float], Tokens]:
-    """Accuracy (greedy by default) under the validation reward (the task's unless a flag plugs
-    another), whatever reward the training uses; and the tokens its requests read and
-    generated."""
+) -> PendingEvaluation:
+    """Validation's requests (greedy by default), in flight."""
     sampling = Sampling(
         max_tokens=config.sampling_max_tokens,
         num_samples=config.eval_num_samples,
@@ -601,16 +803,17 @@ def validate(
         seed=config.seed,
         step=step,
     )
-    records = evaluate(
-        sampling_client,
-        tokenizer,
-        questions,
-        eval_reward_fn,
-        config.prompt_name,
-        sampling,
-        collect=logger.collect,
-        waits=waits,
+    return submit_evaluation(
+        sampling_client, tokenizer, questions, config.prompt_name, sampling, waits=waits
     )
+
+
+def finish_validation(
+    step: int, validation: PendingEvaluation, eval_reward_fn: RewardFn, logger: RunLogger
+) -> tuple[dict[str, float], Tokens]:
+    """Accuracy under the validation reward (the task's unless a flag plugs another), whatever
+    reward the training uses; and the tokens its requests read and generated."""
+    records = validation.records(eval_reward_fn, logger.collect)
     logger.write_eval_samples(step, records)
     return validation_metrics(records), Tokens(
         prefill=sum(r["prompt_tokens"] for r in records if r["sample"] == 0),  # one per request
@@ -635,9 +838,9 @@ def final_validation(
             "save_weights_and_get_sampling_client",
         )
     with timer("time/validation"):
-        metrics, tokens = validate(
-            config.n_grpo_steps, config, sampling_client, tokenizer, questions, eval_reward_fn,
-            logger, waits,
-        )  # fmt: skip
+        validation = submit_validation(
+            config.n_grpo_steps, config, sampling_client, tokenizer, questions, waits
+        )
+        metrics, tokens = finish_validation(config.n_grpo_steps, validation, eval_reward_fn, logger)
     row = {STEP_KEY: float(config.n_grpo_steps), "progress/done_frac": 1.0, **metrics}
     return row | timer.totals(), tokens

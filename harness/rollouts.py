@@ -65,7 +65,7 @@ _PURPOSE: contextvars.ContextVar[Purpose | None] = contextvars.ContextVar(
 
 
 def sampling_purpose() -> Purpose | None:
-    """The purpose of the sample request being submitted here (None outside `sample_groups`):
+    """The purpose of the sample request being submitted here (None outside `submit_groups`):
     a recording keeps it with the call, so that a recording says which requests were rollouts."""
     return _PURPOSE.get()
 
@@ -76,20 +76,19 @@ def request_seed(run_seed: int, step: int, index: int, purpose: Purpose = "rollo
     return int(sequence.generate_state(1)[0] >> 1)
 
 
-def sample_groups(
+def submit_groups(
     sampling_client: Any,
     prompts_P: Sequence[tinker.ModelInput],
     group_size: int,
     params_P: Sequence[tinker.SamplingParams],
     *,
     purpose: Purpose,
-    collect: Collect = collect_quietly,
     description: str = "sampling",
     waits: Waits | None = None,
-) -> list[tinker.SampleResponse]:
-    """One `sample(num_samples=group_size)` request per prompt, all submitted before any wait,
-    each marked with its `purpose` (`sampling_purpose`); with `waits`, each under its deadline
-    and sent again, unchanged, when it fails."""
+) -> list[Any]:
+    """One `sample(num_samples=group_size)` request per prompt, all submitted, none waited
+    for, each marked with its `purpose` (`sampling_purpose`); with `waits`, each under its
+    deadline and sent again, unchanged, when it fails (each one's `result()` is its response)."""
 
     def sender(prompt: tinker.ModelInput, params: tinker.SamplingParams) -> Callable[[], Any]:
         def send() -> Any:
@@ -106,9 +105,8 @@ def sample_groups(
 
     senders_P = [sender(p, params) for p, params in zip(prompts_P, params_P, strict=True)]
     if waits is None:
-        return collect([send() for send in senders_P], description)
-    requests_P = [
+        return [send() for send in senders_P]
+    return [
         waits.resendable(send, f"{description} request {i}", "sampling_resends")
         for i, send in enumerate(senders_P)
     ]
-    return collect(requests_P, description)

@@ -54,6 +54,9 @@ class Latency:
 
     cycle_s: float = 0.0
     """Training clock cycle: a request queued when a cycle starts runs in it (0: no cycles)."""
+    cycle_tokens: int = 0
+    """Tokens (of Datums' model inputs) one clock cycle trains; more spill into the next
+    cycles (0: no limit). Applied in process (the local and synthetic backends)."""
     ttft_s: float = 0.0
     """Sampling: time to the first token."""
     per_token_s: float = 0.0
@@ -235,15 +238,22 @@ class TrainingTimeline:
     Clock cycles of `cycle_s` start at every multiple of it. A cycle request (forward,
     forward_backward, optim_step) runs in the first cycle that starts at or after it was queued
     and after the saves ahead of it finished, and finishes when that cycle ends: requests queued
-    back to back before a cycle starts share it. A save takes `save_s` after everything ahead
-    of it finished. No request finishes before one queued ahead of it.
+    back to back before a cycle starts share it. With `cycle_tokens`, a cycle trains that many
+    tokens: a request fills the cycle the requests ahead of it left room in (or its first
+    cycle), spills its remaining tokens into the cycles after, and finishes when the cycle of
+    its last token ends. A save takes `save_s` after everything ahead of it finished. No
+    request finishes before one queued ahead of it.
     """
 
-    def __init__(self, cycle_s: float, save_s: float = 0.0):
+    def __init__(self, cycle_s: float, save_s: float = 0.0, cycle_tokens: int = 0):
         self.cycle_s = cycle_s
         self.save_s = save_s
+        self.cycle_tokens = cycle_tokens
         self._last_finish = -math.inf
         self._last_save = -math.inf
+        # The cycle being filled (its start) and the tokens already in it.
+        self._filling = -math.inf
+        self._filled = 0
 
     def cycle_start(self, t: float) -> float:
         """The first cycle start at or after `t`."""
@@ -252,15 +262,31 @@ class TrainingTimeline:
         # The tolerance keeps a request queued exactly at a cycle start (3 * 0.01) in it.
         return math.ceil(t / self.cycle_s - 1e-9) * self.cycle_s
 
-    def queue(self, at: float, save: bool = False) -> float:
-        """The finish time of a request queued at `at` (a save, or a cycle request)."""
+    def queue(self, at: float, save: bool = False, tokens: int = 0) -> float:
+        """The finish time of a request queued at `at` (a save, or a cycle request of
+        `tokens` tokens)."""
         if save:
             finish = max(at, self._last_finish) + self.save_s
             self._last_save = finish
         else:
-            finish = self.cycle_start(max(at, self._last_save)) + self.cycle_s
+            finish = self._fill(self.cycle_start(max(at, self._last_save)), tokens) + self.cycle_s
         self._last_finish = max(self._last_finish, finish)
         return self._last_finish
+
+    def _fill(self, first: float, tokens: int) -> float:
+        """The start of the cycle a request's last token lands in, its first cycle `first`."""
+        if not self.cycle_tokens or self.cycle_s == 0:
+            return first
+        if self._filling < first - 1e-9 * self.cycle_s:  # that cycle has started: a new one
+            cycle, filled = first, tokens
+        elif tokens == 0 or self._filled < self.cycle_tokens:  # room left (an optim_step fits)
+            cycle, filled = self._filling, self._filled + tokens
+        else:
+            cycle, filled = self._filling + self.cycle_s, tokens
+        spill = max(0, math.ceil(filled / self.cycle_tokens) - 1)
+        self._filling = cycle + spill * self.cycle_s
+        self._filled = filled - spill * self.cycle_tokens
+        return self._filling
 
 
 class SampleSlots:

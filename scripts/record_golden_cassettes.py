@@ -36,6 +36,9 @@ SMOKE = [
     "--sampling_max_tokens=48",
     "--eval_n=4",
     "--learning_rate=1e-3",
+    # The order they were recorded in (a replay takes training calls in recorded order, and
+    # the sampling between them): validation before the rollouts, not after their training.
+    "--stream_training=False",
 ]
 # name: (model, flags)
 GOLDEN = {

@@ -43,12 +43,19 @@ def _short(text: str) -> str:
     return escape(" ".join(text.split()))
 
 
+def _extent(view: RunView) -> str:
+    if view.cassette.segments is not None:  # one step read alone
+        calls = len(view.cassette.calls)
+        return f"{view.cassette.segments} steps (this one read alone, {calls} calls)"
+    return f"{len(view.cassette.calls)} calls, {sum(not s.final for s in view.steps)} steps"
+
+
 def header_panel(view: RunView) -> Panel:
     header = view.cassette.header
     lines = [
         f"recorded {header.get('recorded_at')} on the {header.get('backend')} backend:"
         f" {header.get('model')}, harness {header.get('harness')}, tinker {header.get('tinker')}",
-        f"{len(view.cassette.calls)} calls, {sum(not s.final for s in view.steps)} steps;"
+        f"{_extent(view)};"
         f" reward {header.get('reward') or view.config.get('reward_fn') or 'the task reward'}",
         *(
             f"{name}: {plugged['function']} (sha256 {plugged['sha256'][:12]})"
@@ -205,7 +212,7 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     # Tables are laid out for 100+ columns; a pipe gets 120 rather than rich's 80.
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     try:
-        view = load_view(args.cassette, args.dataset_path, args.tokenizer)
+        view = load_view(args.cassette, args.dataset_path, args.tokenizer, args.step)
         console.print(header_panel(view))
         if args.step is None:
             console.print(step_table(view))

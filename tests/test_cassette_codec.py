@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pydantic
@@ -16,6 +18,7 @@ from hypothesis.extra import numpy as hnp
 from tinker import types
 from tinker.types.topk_logprobs import TopkLogprobs
 
+from harness.backends.cassette import BinaryWriter, _records, _row
 from harness.backends.cassette_codec import decode, encode
 
 FAST = settings(max_examples=60, deadline=None)
@@ -63,10 +66,21 @@ def assert_same(a, b, path="value"):
         assert a == b, (path, a, b)
 
 
+def through_binary(value):
+    """`value` through the binary cassette format: its arrays as raw bytes, compressed."""
+    arrays: list[np.ndarray] = []
+    text = json.dumps({"value": encode(value, arrays)}, allow_nan=False)
+    buffer = io.BytesIO()
+    BinaryWriter(buffer).write({"index": 0}, text, arrays)
+    buffer.seek(0)
+    ((_, body),) = list(_records(buffer, Path("<memory>")))
+    return decode(_row(body())["value"])
+
+
 def assert_round_trip(value):
-    back = through_json(value)
-    assert_same(value, back)
-    assert encode(back) == encode(value)  # the encoding is canonical: a second trip is identical
+    for back in (through_json(value), through_binary(value)):
+        assert_same(value, back)
+        assert encode(back) == encode(value)  # canonical: a second trip is identical
 
 
 # -- strategies ---------------------------------------------------------------------------------

@@ -192,18 +192,25 @@ class _Ready:
         return self.value
 
 
-def test_every_sampling_request_is_in_flight_before_any_wait(tmp_path, tiny_model_dir, gsm8k_dir):
+@pytest.mark.parametrize(
+    ("order", "batches"),
+    # Streamed, validation samples once the rollouts are in, while their training runs.
+    [("--stream_training=False", [6, 16, 6]), ("--stream_training=True", [16, 6, 6])],
+)
+def test_every_sampling_request_is_in_flight_before_any_wait(
+    tmp_path, tiny_model_dir, gsm8k_dir, order, batches
+):
     args = offline_args(tiny_model_dir, gsm8k_dir, tmp_path)
     config = parse_config(
-        [*args, "--n_grpo_steps=1", "--rollout_batch_size=16", "--group_size=2", "--eval_every=5"]
-    )
+        [*args, "--n_grpo_steps=1", "--rollout_batch_size=16", "--group_size=2", "--eval_every=5",
+         order]
+    )  # fmt: skip
     events: list[str] = []
     service = DelayedSampling(LocalServiceClient(storage_dir=tmp_path / "storage"), events)
     train_problems, test_problems = load_gsm8k("train", gsm8k_dir), load_gsm8k("test", gsm8k_dir)
     train(config, service, train_problems, test_problems, RunLogger(config))
     # Validation at step 0 (6 requests), the step's 16 rollout requests, the final validation:
     # each batch is wholly submitted before any of its answers is awaited.
-    batches = [6, 16, 6]
     assert events == [e for n in batches for e in ["submit"] * n + ["done"] * n]
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.local.training import saved_optimizer_steps
+from harness.backends.local.storage import saved_optimizer_steps
 from harness.checkpoints import last_checkpoint
 from harness.cli import main
 from harness.jsonl import read_json_lines
-from tests.support.metrics import without_timings
+from harness.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
 
 # 2 questions x 4 samples = 8 rollouts, 2 minibatches of 4 (one group each), 2 epochs.

@@ -11,7 +11,7 @@ import tinker
 import harness
 from harness.backends.cassette import read_cassette
 from harness.backends.record import RecordingServiceClient, dumps_line, reward_name, secrets_in
-from harness.rollouts import sample_groups, sampling_purpose
+from harness.rollouts import sampling_purpose, submit_groups
 from tests.support.fake_backend import PARAMS, PROMPT, FakeService, Tokenizer, response
 from tests.support.varied_reward_run import varied_reward
 
@@ -178,15 +178,10 @@ def test_a_sample_call_keeps_the_purpose_its_sender_marked(tmp_path):
         sampler = training.save_weights_and_get_sampling_client().result()
         unmarked = sampler.sample(PROMPT, 1, PARAMS)
         for purpose in ("rollout", "evaluation"):
-            sample_groups(sampler, [PROMPT], 1, [PARAMS], purpose=purpose, collect=submitted)
+            submit_groups(sampler, [PROMPT], 1, [PARAMS], purpose=purpose)
         for future in fake.training.sampler.pending:
             future.set_result(response(5))
         unmarked.result()
     calls = [c for c in read_cassette(tmp_path / "run.jsonl").calls if c.method == "sample"]
     assert [c.purpose for c in calls] == [None, "rollout", "evaluation"]
     assert sampling_purpose() is None  # the mark ends with the submission
-
-
-def submitted(futures, description):
-    """Collects nothing: the test answers the requests."""
-    return futures

@@ -30,7 +30,11 @@ from tests.support.fake_backend import PARAMS, PROMPT, FakeService, response
 from tests.support.runs import SMOKE as LOOP_SMOKE
 from tests.support.varied_reward_run import varied_reward
 
-SMOKE = [*LOOP_SMOKE, "--sampling_max_tokens=24", "--eval_n=6", "--learning_rate=1e-3"]
+# The serial order: the tests below find a step's calls where it puts them.
+SMOKE = [
+    *LOOP_SMOKE, "--sampling_max_tokens=24", "--eval_n=6", "--learning_rate=1e-3",
+    "--stream_training=False",
+]  # fmt: skip
 SECRETS = {
     "TINKER_API_KEY": "tml-replay-test-7f3a9c0e5b1d",
     "HF_TOKEN": "hf_replaytest_QmZx81Lw",

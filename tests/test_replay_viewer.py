@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from harness.backends.cassette import read_cassette
-from harness.cassette_view import load_view, purpose_of, recorded_flags
+from harness.cassette_view import load_view, purpose_of, rerun_flags
 from harness.cli import main
 from harness.data import BatchCursor, load_problems, next_batch
 from harness.jsonl import read_json_lines
@@ -71,7 +71,7 @@ def test_a_cassette_without_purposes_reads_as_the_loop_sampled_then(view, tmp_pa
 
 
 def test_a_cassette_without_purposes_replays_to_the_runs_metrics(tmp_path):
-    flags = ["--backend=replay", f"--cassette={old_cassette(tmp_path)}", *recorded_flags(CONFIG)]
+    flags = ["--backend=replay", f"--cassette={old_cassette(tmp_path)}", *rerun_flags(CONFIG)]
     assert main([*flags, f"--log_path={tmp_path / 'run'}"]) == 0
     assert without_timings(read_json_lines(tmp_path / "run" / "metrics.jsonl")) == METRICS
 

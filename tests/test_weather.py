@@ -116,6 +116,16 @@ def test_a_save_runs_after_the_requests_ahead_and_holds_back_those_behind():
     assert timeline.queue(1.0) == 40.0  # the first cycle starting after the save
 
 
+def test_a_cycle_trains_cycle_tokens_and_more_spill_into_the_next():
+    timeline = TrainingTimeline(cycle_s=10.0, cycle_tokens=100)
+    assert timeline.queue(1.0, tokens=60) == 20.0  # the cycle at 10 has room for it
+    assert timeline.queue(2.0, tokens=60) == 30.0  # 40 tokens fit there, 20 spill to 20
+    assert timeline.queue(3.0) == 30.0  # an optim_step right behind shares the last cycle
+    assert timeline.queue(25.0, tokens=250) == 60.0  # three cycles from 30: 100, 100, 50
+    assert timeline.queue(31.0, tokens=50) == 60.0  # the half-filled cycle at 50 takes it
+    assert timeline.queue(31.0, tokens=1) == 70.0  # it is full: the next one
+
+
 def test_no_cycles_means_no_wait():
     timeline = TrainingTimeline(cycle_s=0.0)
     assert timeline.queue(3.5) == 3.5

@@ -29,7 +29,7 @@ def fast_tinker_like(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("backend", "extra", "message"),
     [
-        ("tinker", {}, "--weather is for --backend=local or --backend=local-server"),
+        ("tinker", {}, "--weather is for --backend=local, local-server or synthetic"),
         ("replay", {"cassette": "x.jsonl"}, "not the replay backend"),
         ("local-server", {"base_url": "http://127.0.0.1:1"}, "start it with python -m"),
     ],

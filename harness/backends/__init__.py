@@ -110,6 +110,9 @@ def _backend_service(backend: str, config: BackendConfig, storage_dir: Path) -> 
             weather=weather,
         ) as service:
             yield service
+    elif backend == "synthetic":
+        with _synthetic_service(config, storage_dir, weather) as service:
+            yield service
     elif backend == "replay":
         from harness.backends.replay_service import ReplayServiceClient
 
@@ -126,3 +129,23 @@ def _weather(config: BackendConfig) -> Any:
     from harness.weather import load_weather
 
     return load_weather(path)
+
+
+def _synthetic_service(config: BackendConfig, storage_dir: Path, weather: Any) -> Any:
+    """The synthetic model over the run's task (it answers the task's questions) in the
+    model's tokenizer (for Qwen3 models offline, the Qwen3-vocabulary fixture)."""
+    from harness.backends.synthetic import SyntheticServiceClient
+    from harness.data import load_problems
+    from harness.estimate import load_tokenizer
+
+    dataset = getattr(config, "dataset", "gsm8k")
+    dataset_path = getattr(config, "dataset_path", None)
+    problems = [
+        problem
+        for split in ("train", "test")
+        for problem in load_problems(dataset, split, dataset_path)
+    ]
+    tokenizer, _ = load_tokenizer(config.model_name)
+    return SyntheticServiceClient(
+        storage_dir, tokenizer, problems, seed=config.seed, weather=weather
+    )

@@ -19,6 +19,15 @@ rewards and advantages, for a replay to say which step's differ first.
 
 Values are encoded by `cassette_codec`, compared by `cassette_compare`; the recorder
 (`record.py`) scrubs secrets before a line is written.
+
+A path that does not end in `.jsonl` gets the binary format: `BINARY_MAGIC`, then one record
+per row (the header, a call, a step's scores), each a little-endian (u32, u64) of the sizes of
+its meta and its body, the meta (uncompressed JSON: `{"header": 1}`, `{"index", "client",
+"method"}` or `{"step_scores": k}`: what the index reads) and the body, zstd-compressed: a u32
+size of the row's JSON, the JSON with each array's numbers left out (`{"$array": i}`), then
+the arrays' bytes (`{"$arrays": [[dtype, count], ...]}` in the JSON says how to cut them).
+Both formats read back to the same rows. The metas are the index: `read_cassette(path,
+segment=k)` finds where step k's calls lie from them alone and decompresses only those.
 """
 
 from __future__ import annotations
@@ -26,14 +35,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from collections.abc import Mapping
+import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import tinker
+import zstandard
 
-from harness.backends.cassette_codec import decode, encode_or_repr
+from harness.backends.cassette_codec import decode, encode_or_repr, with_arrays
 
 FORMAT = 1
 
@@ -90,10 +101,15 @@ def client_kind(client_id: str) -> str:
 
 
 def canonical_request(
-    kind: str, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    kind: str,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    arrays: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """A call's arguments by name under the SDK's signature, those at their default left out,
-    encoded. Positional or keyword, explicit default or omitted: the same request."""
+    encoded (with `arrays`, as the binary format keeps them). Positional or keyword, explicit
+    default or omitted: the same request."""
     signature = inspect.signature(getattr(SDK_CLIENTS[kind], method))
     try:
         bound = signature.bind(None, *args, **kwargs)
@@ -106,7 +122,9 @@ def canonical_request(
             if not _is_default(value, signature.parameters[name].default)
         }
     return {
-        name: "<redacted>" if name in SECRET_ARGUMENTS else _joined_text(encode_or_repr(value))
+        name: "<redacted>"
+        if name in SECRET_ARGUMENTS
+        else _joined_text(encode_or_repr(value, arrays))
         for name, value in arguments.items()
     }
 
@@ -183,13 +201,32 @@ class Cassette:
     """In order of submission; a run killed mid-call ends before that call."""
     scores: dict[int, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
     """Each recorded step's (rewards_P_G, advantages_P_G)."""
+    first_segment: int = 0
+    """Read with `segment=k`: k, the number of steps before the calls it holds."""
+    segments: int | None = None
+    """Read with `segment=k`: the number of steps the whole cassette holds."""
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.header.get("config") or {}
+        return recorded_flags(self.header)
+
+
+# Flags a cassette recorded before they existed was recorded under, where that is not today's
+# default: before streaming, every step ran in the serial order.
+PREDATING_FLAGS = {"stream_training": False}
+
+
+def recorded_flags(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded run's flags, those it predates at the values it ran with."""
+    return {**PREDATING_FLAGS, **(header.get("config") or {})}
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
+    if is_binary(path):
+        with Path(path).open("rb") as f:
+            for meta, body in _records(f, Path(path)):
+                return _checked_header(Path(path), _row(body()) if "header" in meta else None)
+        return _checked_header(Path(path), None)
     with Path(path).open(encoding="utf-8") as f:
         return _header(Path(path), f.readline())
 
@@ -199,6 +236,10 @@ def _header(path: Path, line: str) -> dict[str, Any]:
         header = json.loads(line)
     except json.JSONDecodeError:
         raise CassetteError(f"{path} has no cassette header on its first line") from None
+    return _checked_header(path, header)
+
+
+def _checked_header(path: Path, header: Any) -> dict[str, Any]:
     if not isinstance(header, dict) or "cassette" not in header:
         raise CassetteError(f"{path} has no cassette header on its first line")
     if header["cassette"] != FORMAT:
@@ -208,24 +249,178 @@ def _header(path: Path, line: str) -> dict[str, Any]:
     return header
 
 
-def read_cassette(path: str | Path) -> Cassette:
+def read_cassette(path: str | Path, segment: int | None = None) -> Cassette:
+    """The cassette at `path` (either format); with `segment=k`, only the calls before the
+    first fresh sampler (the run's setup) and those of the k-th step (from the k-th
+    `save_weights_and_get_sampling_client` to the next, in submission order), read without
+    the rest of a binary file."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = _header(path, lines[0] if lines else "")
+    if is_binary(path):
+        header, rows, count = _binary_rows(path, segment)
+    else:
+        header, rows = _json_rows(path)
     calls, scores = [], {}
-    for number, line in enumerate(lines[1:], start=2):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # cut short by a kill mid-write
-            raise CassetteError(f"{path}:{number} is not a JSON line") from None
+    for row in rows:
         if "step_scores" in row:
             scores[row["step_scores"]] = (decode(row["rewards"]), decode(row["advantages"]))
         else:
             calls.append(Call(**row))
     calls.sort(key=lambda call: call.index)
-    return Cassette(path, header, _until_first_gap(calls), scores)
+    if segment is None:
+        return Cassette(path, header, _until_first_gap(calls), scores)
+    if is_binary(path):
+        segments = count
+    else:
+        calls, segments = _segment_calls(_until_first_gap(calls), segment)
+    return Cassette(path, header, calls, scores, first_segment=segment, segments=segments)
+
+
+def _json_rows(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = _header(path, lines[0] if lines else "")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # cut short by a kill mid-write
+            raise CassetteError(f"{path}:{number} is not a JSON line") from None
+    return header, rows
+
+
+FRESH_SAMPLER = "save_weights_and_get_sampling_client"
+
+
+def _segment_calls(calls: list[Call], segment: int) -> tuple[list[Call], int]:
+    """The setup calls and the `segment`-th step's, of calls in submission order; and the
+    number of steps."""
+    starts = [i for i, call in enumerate(calls) if call.method == FRESH_SAMPLER]
+    if segment >= len(starts):
+        return calls[: starts[0] if starts else len(calls)], len(starts)
+    end = starts[segment + 1] if segment + 1 < len(starts) else len(calls)
+    return calls[: starts[0]] + calls[starts[segment] : end], len(starts)
+
+
+# -- the binary format ----------------------------------------------------------------------------
+
+BINARY_MAGIC = b"GRPO-CASSETTE 2\n"
+_SIZES = struct.Struct("<IQ")  # meta bytes, body bytes
+_JSON_SIZE = struct.Struct("<I")
+
+
+def is_binary(path: str | Path) -> bool:
+    """Whether the file at `path` is a binary cassette (by its first bytes)."""
+    try:
+        with Path(path).open("rb") as f:
+            return f.read(len(BINARY_MAGIC)) == BINARY_MAGIC
+    except FileNotFoundError:
+        return False
+
+
+def binary_path(path: str | Path) -> bool:
+    """Whether a cassette recorded to `path` gets the binary format (all but `.jsonl`)."""
+    return Path(path).suffix != ".jsonl"
+
+
+class BinaryWriter:
+    """Appends records to a binary cassette; each is whole on disk before the next begins."""
+
+    def __init__(self, file: IO[bytes]):
+        self._file = file
+        self._compressor = zstandard.ZstdCompressor(level=3)
+        file.write(BINARY_MAGIC)
+
+    def write(self, meta: Mapping[str, Any], text: str, arrays: list[np.ndarray]) -> int:
+        """One record: `text` is the row's JSON (its arrays as `{"$array": i}`); returns the
+        bytes written."""
+        layout = [[array.dtype.str, int(array.size)] for array in arrays]
+        payload = json.dumps({"$arrays": layout, "row": "$"}, separators=(",", ":"))
+        row_json = payload.replace('"$"', text, 1).encode("utf-8")
+        body = self._compressor.compress(
+            b"".join([_JSON_SIZE.pack(len(row_json)), row_json, *(a.tobytes() for a in arrays)])
+        )
+        meta_bytes = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+        record = _SIZES.pack(len(meta_bytes), len(body)) + meta_bytes + body
+        self._file.write(record)
+        self._file.flush()
+        return len(record)
+
+
+def _records(file: IO[bytes], path: Path) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(meta, a function reading the body) per whole record; the bodies are read only when
+    asked, so an index scan reads the metas alone."""
+    if file.read(len(BINARY_MAGIC)) != BINARY_MAGIC:
+        raise CassetteError(f"{path} is not a binary cassette")
+    while True:
+        sizes = file.read(_SIZES.size)
+        if len(sizes) < _SIZES.size:
+            return  # the end, or a record cut short by a kill
+        meta_size, body_size = _SIZES.unpack(sizes)
+        meta_bytes = file.read(meta_size)
+        start = file.tell()
+        if len(meta_bytes) < meta_size or file.seek(0, 2) < start + body_size:
+            return
+        file.seek(start + body_size)
+
+        def body(start: int = start, size: int = body_size) -> bytes:
+            file.seek(start)
+            return file.read(size)
+
+        yield json.loads(meta_bytes), body
+
+
+def _row(body: bytes) -> dict[str, Any]:
+    data = zstandard.ZstdDecompressor().decompress(body)
+    (size,) = _JSON_SIZE.unpack_from(data)
+    payload = json.loads(data[_JSON_SIZE.size : _JSON_SIZE.size + size])
+    arrays, offset = [], _JSON_SIZE.size + size
+    for dtype, count in payload["$arrays"]:
+        array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=offset)
+        arrays.append(array)
+        offset += array.nbytes
+    return with_arrays(payload["row"], arrays)
+
+
+def _binary_rows(
+    path: Path, segment: int | None
+) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """The header, the rows `segment` asks for (all when None), and the number of steps."""
+    with path.open("rb") as f:
+        records = list(_records(f, path))
+        if not records or "header" not in records[0][0]:
+            _checked_header(path, None)
+        header = _checked_header(path, _row(records[0][1]()))
+        wanted, count = _wanted([meta for meta, _ in records[1:]], segment)
+        rows = [_row(body()) for meta, body in records[1:] if wanted(meta)]
+    return header, rows, count
+
+
+def _wanted(metas: list[dict[str, Any]], segment: int | None):
+    """Which records `read_cassette(segment=...)` reads (all, or the setup and one step's,
+    up to the first call whose result never came), from their metas alone; and the number
+    of steps."""
+    indices = {meta["index"] for meta in metas if "index" in meta}
+    gap = next(i for i in range(len(indices) + 1) if i not in indices)
+    starts = sorted(
+        meta["index"]
+        for meta in metas
+        if meta.get("method") == FRESH_SAMPLER and meta["index"] < gap
+    )
+    if segment is None:
+        return (lambda meta: True), len(starts)
+    setup_end = starts[0] if starts else gap
+    first, end = gap, gap
+    if segment < len(starts):
+        first, end = starts[segment], starts[segment + 1] if segment + 1 < len(starts) else gap
+
+    def wanted(meta: dict[str, Any]) -> bool:
+        index = meta.get("index")
+        if index is None:
+            return True  # a step's scores: small, and keyed by the run's step number
+        return index < setup_end or first <= index < end
+
+    return wanted, len(starts)
 
 
 def _until_first_gap(calls: list[Call]) -> list[Call]:

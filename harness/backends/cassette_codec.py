@@ -7,12 +7,17 @@ dataclasses and pydantic models of `tinker.types`; `{"$type": "TensorData", "dty
 the shortest decimals that read back to the same float32); `{"$float": "nan"}` for non-finite
 floats (inside arrays: "NaN", "Infinity", "-Infinity"); `{"$tuple": [...]}`; `{"$dict": [[k, v],
 ...]}` for dicts whose keys are not plain strings. Fields at a None default are left out.
+
+For the binary cassette format, `encode(value, arrays)` leaves each array's numbers out of the
+tree (`"data": {"$array": i}`, the array appended to `arrays`), and `with_arrays(tree, arrays)`
+puts them back as the lists the JSON format holds, so both formats read back to one tree.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,11 +25,13 @@ import pydantic
 from tinker import types
 from tinker.types.topk_logprobs import TopkLogprobs
 
+Arrays = list[np.ndarray] | None
 
-def encode_or_repr(value: Any) -> Any:
+
+def encode_or_repr(value: Any, arrays: Arrays = None) -> Any:
     """`encode(value)`, or for a value of no known type its repr: recorded, never rebuilt."""
     try:
-        return encode(value)
+        return encode(value, arrays)
     except (TypeError, ValueError):  # e.g. a RetryConfig
         return {"$repr": repr(value)}
 
@@ -42,8 +49,9 @@ def _tinker_classes() -> dict[str, type]:
 TINKER_CLASSES = _tinker_classes()
 
 
-def encode(value: Any) -> Any:
-    """`value` as JSON-ready data that `decode` turns back into an equal value of the same type."""
+def encode(value: Any, arrays: Arrays = None) -> Any:
+    """`value` as JSON-ready data that `decode` turns back into an equal value of the same type
+    (with `arrays`, the arrays' numbers go there, not into the tree)."""
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
@@ -51,21 +59,21 @@ def encode(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, np.ndarray | np.generic):
-        return _encode_array(np.asarray(value))
+        return _encode_array(np.asarray(value), arrays)
     if isinstance(value, types.TensorData):
-        return _encode_tensor_data(value)
+        return _encode_tensor_data(value, arrays)
     if isinstance(value, list):
-        return [encode(item) for item in value]
+        return [encode(item, arrays) for item in value]
     if isinstance(value, tuple):
-        return {"$tuple": [encode(item) for item in value]}
+        return {"$tuple": [encode(item, arrays) for item in value]}
     if isinstance(value, dict):
         if all(isinstance(k, str) and not k.startswith("$") for k in value):
-            return {k: encode(v) for k, v in value.items()}
-        return {"$dict": [[encode(k), encode(v)] for k, v in value.items()]}
+            return {k: encode(v, arrays) for k, v in value.items()}
+        return {"$dict": [[encode(k, arrays), encode(v, arrays)] for k, v in value.items()]}
     name = type(value).__name__
     if TINKER_CLASSES.get(name) is not type(value):
         raise TypeError(f"cannot record a {type(value).__qualname__}: not a tinker.types value")
-    return {"$type": name, **{k: encode(v) for k, v in _fields(value).items()}}
+    return {"$type": name, **{k: encode(v, arrays) for k, v in _fields(value).items()}}
 
 
 def _fields(value: Any) -> dict[str, Any]:
@@ -90,14 +98,14 @@ def _none_default(value: Any, default: Any) -> bool:
     return value is None and default is None
 
 
-def _encode_tensor_data(tensor: types.TensorData) -> dict[str, Any]:
+def _encode_tensor_data(tensor: types.TensorData, arrays: Arrays) -> dict[str, Any]:
     sparse = tensor.sparse_crow_indices is not None
     values = np.asarray(tensor.data) if sparse else tensor.to_numpy()
     encoded = {
         "$type": "TensorData",
         "dtype": tensor.dtype,
         "shape": tensor.shape,
-        "data": _flat_values(values.astype(_NUMPY_DTYPES[tensor.dtype], copy=False)),
+        "data": _data(values.astype(_NUMPY_DTYPES[tensor.dtype], copy=False), arrays),
     }
     if sparse:
         encoded["sparse_crow_indices"] = tensor.sparse_crow_indices
@@ -108,10 +116,30 @@ def _encode_tensor_data(tensor: types.TensorData) -> dict[str, Any]:
 _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64}
 
 
-def _encode_array(array: np.ndarray) -> dict[str, Any]:
+def _encode_array(array: np.ndarray, arrays: Arrays) -> dict[str, Any]:
     if array.dtype.kind not in "biuf":
         raise TypeError(f"cannot record a numpy array of dtype {array.dtype}")
-    return {"$ndarray": array.dtype.name, "shape": list(array.shape), "data": _flat_values(array)}
+    return {"$ndarray": array.dtype.name, "shape": list(array.shape), "data": _data(array, arrays)}
+
+
+def _data(array: np.ndarray, arrays: Arrays) -> Any:
+    """The numbers of `array`: a flat list, or (binary format) its place in `arrays`."""
+    if arrays is None:
+        return _flat_values(array)
+    arrays.append(np.ascontiguousarray(array).ravel())
+    return {"$array": len(arrays) - 1}
+
+
+def with_arrays(tree: Any, arrays: Sequence[np.ndarray]) -> Any:
+    """`tree` (encoded with `arrays`) as `encode(value)` without them would have made it."""
+    if isinstance(tree, list):
+        return [with_arrays(item, arrays) for item in tree]
+    if not isinstance(tree, dict):
+        return tree
+    data = tree.get("data")
+    if isinstance(data, dict) and "$array" in data and ("$ndarray" in tree or "$type" in tree):
+        return {**tree, "data": _flat_values(arrays[data["$array"]])}
+    return {k: with_arrays(v, arrays) for k, v in tree.items()}
 
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}

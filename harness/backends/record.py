@@ -12,6 +12,7 @@ import functools
 import itertools
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ from harness.backends.cassette import (
     FORMAT,
     FUTURE_METHODS,
     SYNC_METHODS,
+    BinaryWriter,
+    binary_path,
     canonical_request,
 )
 from harness.backends.cassette_codec import encode, encode_or_repr
@@ -85,8 +88,16 @@ def reward_name(reward_fn: Callable[..., Any] | None) -> str | None:
     return f"{module}:{getattr(reward_fn, '__qualname__', repr(reward_fn))}"
 
 
+# A row of the cassette, made when it is written: given a list, its arrays go there (binary).
+RowFn = Callable[[list | None], dict[str, Any]]
+
+
 class Recorder:
-    """The cassette being written: the header, then one whole line per call as it completes."""
+    """The cassette being written: the header, then one row per call as it completes.
+
+    JSON lines (a `.jsonl` path) are written when a call's result arrives, before the caller
+    sees it. The binary format (any other path) is encoded, compressed and written by a
+    thread of its own, off the critical path: a kill loses the rows still queued."""
 
     def __init__(self, path: str | Path, header: dict[str, Any], environ: Mapping[str, str]):
         self.path = Path(path)
@@ -96,8 +107,19 @@ class Recorder:
         self._lock = threading.Lock()
         self._indices = itertools.count()
         self._start = time.perf_counter()
-        self._file = self.path.open("w", encoding="utf-8")
-        self._write(header)
+        self._queue: queue.SimpleQueue | None = None
+        self.deferred = binary_path(self.path)
+        """Whether rows are encoded when written, on the writer's thread."""
+        if self.deferred:
+            self._file = self.path.open("wb")
+            self._binary = BinaryWriter(self._file)
+            self._queue = queue.SimpleQueue()
+            self._failure: BaseException | None = None
+            self._thread = threading.Thread(target=self._write_queued, name="cassette-writer")
+            self._thread.start()
+        else:
+            self._file = self.path.open("w", encoding="utf-8")
+        self._write({"header": 1}, lambda arrays: header)
 
     def begin(self) -> tuple[int, float]:
         """The next call's index (its order at submission) and its submission time."""
@@ -109,43 +131,64 @@ class Recorder:
         index: int,
         client: str,
         method: str,
-        request: dict[str, Any],
+        request: RowFn,
         times: tuple[float, float],
-        **outcome: Any,
+        outcome: RowFn,
     ) -> None:
-        """One call's line; `times` are its submission and the arrival of its result."""
+        """One call's row; `times` are its submission and the arrival of its result."""
         submitted, arrived = times
         self._write(
-            {
+            {"index": index, "client": client, "method": method},
+            lambda arrays: {
                 "index": index,
                 "client": client,
                 "method": method,
-                "request": request,
-                **outcome,
+                "request": request(arrays),
+                **outcome(arrays),
                 "submitted_s": round(submitted - self._start, 6),
                 "latency_s": round(arrived - submitted, 6),
-            }
+            },
         )
 
     def write_scores(self, step: int, rewards_P_G: np.ndarray, advantages_P_G: np.ndarray) -> None:
+        rewards_P_G, advantages_P_G = np.array(rewards_P_G), np.array(advantages_P_G)
         self._write(
-            {
+            {"step_scores": step},
+            lambda arrays: {
                 "step_scores": step,
-                "rewards": encode(rewards_P_G),
-                "advantages": encode(advantages_P_G),
-            }
+                "rewards": encode(rewards_P_G, arrays),
+                "advantages": encode(advantages_P_G, arrays),
+            },
         )
 
-    def _write(self, row: dict[str, Any]) -> None:
-        line = dumps_line(row, self._secrets) + "\n"
+    def _write(self, meta: dict[str, Any], row: RowFn) -> None:
+        if self._queue is not None:
+            self._queue.put((meta, row))
+            return
+        line = dumps_line(row(None), self._secrets) + "\n"
         with self._lock:
             if not self._file.closed:
                 self._file.write(line)  # one whole line, flushed: a kill leaves valid JSONL
                 self._file.flush()
 
+    def _write_queued(self) -> None:
+        while (item := self._queue.get()) is not None:
+            meta, row = item
+            try:
+                arrays: list[np.ndarray] = []
+                text = dumps_line(row(arrays), self._secrets)
+                self._binary.write(meta, text, arrays)
+            except BaseException as error:  # said when the recording closes
+                self._failure = self._failure or error
+
     def close(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
         with self._lock:
             self._file.close()
+        if self._queue is not None and self._failure is not None:
+            raise self._failure
 
 
 def _keep_previous(path: Path) -> None:
@@ -185,15 +228,26 @@ class RecordingClient:
         return attribute
 
     def _begin(self, method: str, args: tuple, kwargs: dict) -> tuple[int, Callable[..., None]]:
-        """The call's index, and how to write its line once its outcome is known."""
-        request = canonical_request(self._kind, method, args, kwargs)
+        """The call's index, and how to write its line once its outcome is known (`outcome`:
+        what it makes of the arrays list, or a constant)."""
+        kind = self._kind
+        if self._recorder.deferred:  # encoded by the writer's thread
+            request = lambda arrays: canonical_request(kind, method, args, kwargs, arrays)  # noqa: E731
+        else:
+            encoded = canonical_request(kind, method, args, kwargs)
+            request = lambda arrays: encoded  # noqa: E731
         index, submitted = self._recorder.begin()
         purpose = sampling_purpose() if method == "sample" else None
         marked = {} if purpose is None else {"purpose": purpose}
 
         def record(arrived: float | None = None, **outcome: Any) -> None:
             times = (submitted, arrived or time.perf_counter())
-            self._recorder.write(index, self._id, method, request, times, **outcome, **marked)
+
+            def made(arrays: list | None) -> dict[str, Any]:
+                made = {k: v(arrays) if callable(v) else v for k, v in outcome.items()}
+                return made | marked
+
+            self._recorder.write(index, self._id, method, request, times, made)
 
         return index, record
 
@@ -246,6 +300,8 @@ class RecordingClient:
             return RecordingClient(result, self._recorder, client_id, kind), {"$client": client_id}
         if method == "get_tokenizer":
             return result, {"$tokenizer": tokenizer_source(result, self._recorder.path.parent)}
+        if self._recorder.deferred:
+            return result, lambda arrays: encode_or_repr(result, arrays)
         return result, encode_or_repr(result)
 
 

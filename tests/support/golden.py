@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from harness.backends.cassette import read_header
+from harness.backends.cassette import read_header, recorded_flags
 from harness.backends.replay_service import ReplayServiceClient
-from harness.cassette_view import recorded_flags
+from harness.cassette_view import rerun_flags
 from harness.config import Config
 from harness.data import Problem, load_problems
 from harness.jsonl import read_json_lines
@@ -20,12 +20,12 @@ GOLDEN = REPO / "fixtures" / "cassettes" / "smoke.jsonl"
 METRICS = read_json_lines(GOLDEN.with_suffix(".metrics.jsonl"))
 CONFIG = read_header(GOLDEN)["config"]
 # The flags of the recorded run (its paths made absolute), to run it again on any backend.
-FLAGS = recorded_flags({**CONFIG, "model_name": str(REPO / CONFIG["model_name"])})
+FLAGS = rerun_flags({**CONFIG, "model_name": str(REPO / CONFIG["model_name"])})
 
 
 def recorded_config(cassette: Path, log_path: Path) -> Config:
     """The recorded run's config as a replay of it, into a fresh log folder."""
-    recorded = read_header(cassette)["config"]
+    recorded = recorded_flags(read_header(cassette))
     fields = {f.name for f in dataclasses.fields(Config)}
     config = Config(**{k: v for k, v in recorded.items() if k in fields})
     return dataclasses.replace(

@@ -118,11 +118,15 @@ class LocalTrainingClient:
             raise ValueError("No data provided")
         data = list(data)
         call = "forward_backward" if backward else "forward"
-        return self._submit(call, lambda: self._fwd(data, loss_fn, loss_fn_config, backward))
+        tokens = sum(datum.model_input.length for datum in data)
+        return self._submit(
+            call, lambda: self._fwd(data, loss_fn, loss_fn_config, backward), tokens
+        )
 
-    def _submit(self, call: Call, fn: Callable[[], T]) -> APIFuture[T]:
-        """Queue `fn` behind this client's earlier calls, answered as the weather says."""
-        return self._weather.training(call, self._timeline, lambda: self._worker.submit(fn))
+    def _submit(self, call: Call, fn: Callable[[], T], tokens: int = 0) -> APIFuture[T]:
+        """Queue `fn` (of `tokens` tokens) behind this client's earlier calls, answered as the
+        weather says."""
+        return self._weather.training(call, self._timeline, lambda: self._worker.submit(fn), tokens)
 
     def _fwd(
         self,

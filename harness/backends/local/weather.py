@@ -162,7 +162,9 @@ class LocalWeather:
     def timeline(self) -> TrainingTimeline:
         latency = self.weather.latency
         return TrainingTimeline(
-            self.weather.seconds(latency.cycle_s), self.weather.seconds(latency.save_s)
+            self.weather.seconds(latency.cycle_s),
+            self.weather.seconds(latency.save_s),
+            latency.cycle_tokens,
         )
 
     # -- training and loading -------------------------------------------------------------
@@ -174,12 +176,17 @@ class LocalWeather:
         return fired
 
     def training(
-        self, call: Call, timeline: TrainingTimeline, submit: Callable[[], APIFuture[T]]
+        self,
+        call: Call,
+        timeline: TrainingTimeline,
+        submit: Callable[[], APIFuture[T]],
+        tokens: int = 0,
     ) -> APIFuture[T]:
-        """`submit()` (a call on a training client's queue), answered when `timeline` says."""
+        """`submit()` (a call on a training client's queue of `tokens` tokens), answered when
+        `timeline` says."""
         fired = self._next(call)
         with self._timeline_lock:
-            finish = timeline.queue(self._now(), save=call in SAVES)
+            finish = timeline.queue(self._now(), save=call in SAVES, tokens=tokens)
         return self._answer(fired, submit, finish)
 
     def service(
@@ -282,7 +289,7 @@ class Calm:
         return None
 
     def training(
-        self, call: Call, timeline: Any, submit: Callable[[], APIFuture[T]]
+        self, call: Call, timeline: Any, submit: Callable[[], APIFuture[T]], tokens: int = 0
     ) -> APIFuture[T]:
         return submit()
 

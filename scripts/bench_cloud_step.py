@@ -1,0 +1,195 @@
+"""A full-size cloud step at its critical path: serial against streaming, side by side.
+
+Run from the repository root:
+
+    python scripts/bench_cloud_step.py [--steps=5] [--time_scale=1.0]
+        [--weather=fixtures/weather/tinker-like.toml] [--stream_request_tokens=262144]
+
+Each order (`--stream_training=False`, then True) runs `--steps` steps of the seed's full
+configuration (Qwen/Qwen3-8B's vocabulary, 256 questions x 8 samples, up to 1,024 tokens,
+validation of 100 questions at step 0) on the synthetic model (`--backend=synthetic`) under the
+weather profile at `time_scale`, through the unchanged loop, recording a cassette. It prints
+per step:
+
+- wall: the step's `time/total`, divided by `time_scale` (the profile's real seconds; exact at
+  time_scale 1, where the harness's own CPU time is not scaled up with the waits);
+- bound: the critical path no order can beat. With the profile's latency (before scaling)
+  ttft, per_token, save_s, cycle_s and cycle_tokens, a step whose longest response has L
+  tokens and whose Datums hold N model-input tokens:
+      sampling = save_s + ttft + per_token * L     (a fresh sampler, then the slowest request;
+                                                    all rollout requests hold a slot at once)
+      cycles   = ceil(N / cycle_tokens)            (clock cycles the training needs)
+      hidden   = floor((ttft + per_token * L) / cycle_s)
+                                                   (cycles that pass while sampling)
+      bound    = sampling + cycle_s * max(1, cycles - hidden)
+  (on-policy, the last group's Datums can train only after the last response, in at least one
+  more cycle; at most one cycle's work per cycle_s of sampling can be done before);
+- ratio: wall / bound;
+- harness CPU: the process's CPU seconds during the step less those of the synthetic model's
+  own work (generating responses, answering training calls), as a share of the unscaled wall;
+- cassette: bytes the step added to the recording;
+- recording: CPU seconds per step of a recording run less those of the same run unrecorded
+  (run once more per order at time_scale 1e-3, where only CPU matters).
+
+The last line sums the streaming order up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from harness.backends.record import RecordingServiceClient
+from harness.backends.synthetic import SyntheticServiceClient
+from harness.config import Config
+from harness.data import load_problems
+from harness.estimate import load_tokenizer
+from harness.logger import RunLogger
+from harness.loop import train
+from harness.weather import Latency, Weather, load_weather
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class Args:
+    steps: int = 5
+    time_scale: float = 1.0
+    weather: str = "fixtures/weather/tinker-like.toml"
+    stream_request_tokens: int = Config.stream_request_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    wall_s: float
+    bound_s: float
+    cpu_s: float
+    cassette_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.wall_s / self.bound_s
+
+
+class MeasuringLogger(RunLogger):
+    """Takes the process's CPU time, the synthetic model's and the cassette's size at each
+    logged row."""
+
+    def __init__(self, config: Config, service: SyntheticServiceClient, cassette: Path | None):
+        super().__init__(config)
+        self.service = service
+        self.cassette = cassette
+        self.marks: list[tuple[float, float, int]] = []
+        self.rows: list[dict] = []
+        self.mark()
+
+    def mark(self) -> None:
+        size = self.cassette.stat().st_size if self.cassette and self.cassette.exists() else 0
+        self.marks.append((time.process_time(), self.service.model.cpu_s, size))
+
+    def log(self, row: dict[str, float]) -> None:
+        super().log(row)
+        self.rows.append(row)
+        self.mark()
+
+
+def bound_s(latency: Latency, row: dict[str, float]) -> float:
+    """The docstring's critical-path bound of a step, in the profile's real seconds."""
+    sample_s = latency.ttft_s + latency.per_token_s * row["response/length_max"]
+    cycles = math.ceil(row["tokens/trained"] / latency.cycle_tokens) if latency.cycle_tokens else 1
+    hidden = math.floor(sample_s / latency.cycle_s) if latency.cycle_s else 0
+    return latency.save_s + sample_s + latency.cycle_s * max(1, cycles - hidden)
+
+
+def run(
+    stream: bool, args: Args, weather: Weather, time_scale: float, record: bool, folder: Path
+) -> list[Step]:
+    config = Config(
+        model_name="Qwen/Qwen3-8B",
+        dataset_path=str(REPO_ROOT / "fixtures" / "gsm8k"),
+        backend="synthetic",
+        n_grpo_steps=args.steps,
+        log_path=str(folder / "run"),
+        stream_training=stream,
+        stream_request_tokens=args.stream_request_tokens,
+    )
+    train_problems = load_problems("gsm8k", "train", config.dataset_path)
+    test_problems = load_problems("gsm8k", "test", config.dataset_path)
+    tokenizer, _ = load_tokenizer(config.model_name)
+    scaled = dataclasses.replace(weather, time_scale=time_scale)
+    cassette = folder / "run.cassette" if record else None  # the binary format
+    service = SyntheticServiceClient(
+        folder / "storage", tokenizer, [*train_problems, *test_problems], seed=0, weather=scaled
+    )
+    logger = MeasuringLogger(config, service, cassette)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(service)
+        if cassette is not None:
+            client = stack.enter_context(
+                RecordingServiceClient(
+                    service,
+                    cassette,
+                    backend="synthetic",
+                    config=dataclasses.asdict(config),
+                    environ={},
+                )
+            )
+        train(config, client, train_problems, test_problems, logger)
+    steps = []
+    for row, before, after in zip(logger.rows, logger.marks, logger.marks[1:], strict=False):
+        if row["progress/grpo_step"] == args.steps:  # the final validation's row
+            break
+        steps.append(
+            Step(
+                wall_s=row["time/total"] / time_scale,
+                bound_s=bound_s(weather.latency, row),
+                cpu_s=(after[0] - before[0]) - (after[1] - before[1]),
+                cassette_bytes=after[2] - before[2],
+            )
+        )
+    return steps
+
+
+def main(args: Args) -> None:
+    weather = load_weather(REPO_ROOT / args.weather).without_faults()
+    results: dict[str, tuple[list[Step], list[Step]]] = {}
+    for name, stream in (("serial", False), ("streaming", True)):
+        with tempfile.TemporaryDirectory() as recorded, tempfile.TemporaryDirectory() as bare:
+            timed = run(stream, args, weather, args.time_scale, True, Path(recorded))
+            unrecorded = run(stream, args, weather, 1e-3, False, Path(bare))
+        results[name] = (timed, unrecorded)
+        print(f"\n{name} ({args.steps} steps, time_scale {args.time_scale:g})")
+        print("step   wall s  bound s  ratio  harness CPU s (%)  cassette MB  recording s")
+        for k, (step, bare_step) in enumerate(zip(timed, unrecorded, strict=True)):
+            recording = step.cpu_s - bare_step.cpu_s
+            print(
+                f"{k:>4} {step.wall_s:>8.1f} {step.bound_s:>8.1f} {step.ratio:>6.2f}"
+                f" {bare_step.cpu_s:>9.2f} ({100 * bare_step.cpu_s / step.wall_s:>4.1f} %)"
+                f" {step.cassette_bytes / 1e6:>12.1f} {recording:>12.2f}"
+            )
+    timed, unrecorded = results["streaming"]
+    serial, _ = results["serial"]
+    ratio = float(np.mean([s.ratio for s in timed]))
+    cpu = float(np.mean([b.cpu_s / s.wall_s for s, b in zip(timed, unrecorded, strict=True)]))
+    megabytes = float(np.mean([s.cassette_bytes for s in timed])) / 1e6
+    recording = float(np.mean([s.cpu_s - b.cpu_s for s, b in zip(timed, unrecorded, strict=True)]))
+    print(
+        f"\nmean wall per step: serial {np.mean([s.wall_s for s in serial]):.1f} s,"
+        f" streaming {np.mean([s.wall_s for s in timed]):.1f} s;"
+        f" serial ratio {np.mean([s.ratio for s in serial]):.2f} to the bound"
+    )
+    print(
+        f"streaming: ratio {ratio:.2f} to the bound, harness CPU {100 * cpu:.1f} %,"
+        f" cassette {megabytes:.1f} MB/step, recording {recording:.2f} s/step"
+    )
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
