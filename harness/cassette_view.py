@@ -12,7 +12,7 @@ recorded responses, so a step's row is the row the run logged (timings aside).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, get_args
 
@@ -32,10 +32,9 @@ from harness.metrics import length_metrics
 from harness.objectives import SignalInput
 from harness.plugins import load_function
 from harness.prompts import PromptName, effective_prompt, format_prompt
-from harness.rewards import make_reward_fn
+from harness.rewards import RewardFn, make_reward_fn
 from harness.rollouts import Purpose, encode_prompts, response_arrays
 
-Reward = Callable[[str, str], dict[str, float]]
 # The call that starts each step, and the final validation: the loop's step 1.
 STEP_START = "save_weights_and_get_sampling_client"
 
@@ -84,9 +83,9 @@ class Scoring:
     """How the run read and scored responses."""
 
     tokenizer: Any
-    reward_fn: Reward
+    reward_fn: RewardFn
     """The reward the run trained on (the recorded one)."""
-    validation_reward: Reward
+    validation_reward: RewardFn
     """The reward validation used: the task's, or the recorded --eval_reward_fn."""
     use_r1_zero_format: bool
     prompt: PromptName
@@ -208,7 +207,7 @@ def _problems(
         return None, None
 
 
-def _reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> Reward:
+def _reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> RewardFn:
     try:
         recorded = _plugged(cassette, "reward_fn") or recorded_reward_fn(cassette.path)
     except ConfigError as error:
@@ -217,7 +216,7 @@ def _reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> R
     return recorded or make_reward_fn(use_r1_zero_format)
 
 
-def _validation_reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> Reward:
+def _validation_reward(cassette: Cassette, use_r1_zero_format: bool, notes: list[str]) -> RewardFn:
     try:
         recorded = _plugged(cassette, "eval_reward_fn")
     except ConfigError as error:
@@ -226,7 +225,7 @@ def _validation_reward(cassette: Cassette, use_r1_zero_format: bool, notes: list
     return recorded or make_reward_fn(use_r1_zero_format)
 
 
-def _plugged(cassette: Cassette, flag: str) -> Reward | None:
+def _plugged(cassette: Cassette, flag: str) -> RewardFn | None:
     """The reward the recorded run's --reward_fn or --eval_reward_fn named, imported here."""
     spec = cassette.config.get(flag)
     return None if spec is None else load_function(f"--{flag}", spec).reward()
@@ -271,9 +270,9 @@ def _step(
     responses_P = [decode(c.response) for c in rollout_calls]
     groups = _groups(rollout_calls, responses_P, batch, scoring)
     trained = _trained(calls) if groups else []
-    origins_D, signal_P_G, steps = _origins(trained, groups) if trained else ([], None, [])
+    sources_D, signal_P_G, steps = _origins(trained, groups) if trained else ([], None, [])
     if steps:
-        _attach_training(groups, origins_D, signal_P_G, steps)
+        _attach_training(groups, sources_D, signal_P_G, steps)
     metrics: dict[str, float] = {}
     if responses_P and batch is not None and len(batch) == len(responses_P):
         scored = score(responses_P, batch, scoring.tokenizer, scoring.reward_fn)
@@ -282,11 +281,11 @@ def _step(
             for rollout, reward in zip(group.rollouts, scores_G, strict=True):
                 rollout.reward = reward
         if steps and run is not None:
-            metrics |= training_metrics(steps, scored, origins_D, signal_P_G, run)
+            metrics |= training_metrics(steps, scored, sources_D, signal_P_G, run)
     elif responses_P:
         metrics |= length_metrics(*_lengths(responses_P))
     if rollout_calls:
-        metrics["train/datums"] = float(len(origins_D))
+        metrics["train/datums"] = float(len(sources_D))
     if steps and "train/loss" not in metrics:
         losses = [float(step.forward_backward.metrics["loss:sum"]) for step in steps]
         metrics["train/loss"] = float(np.mean(losses))
@@ -361,7 +360,7 @@ def _origins(
         for g, rollout in enumerate(group.rollouts)
     }
     signal_P_G = np.zeros((len(groups), max(len(g.rollouts) for g in groups)), np.float32)
-    origins_D: list[tuple[int, int]] = []
+    sources_D: list[tuple[int, int]] = []
     position: dict[tuple[int, int], int] = {}
     steps = []
     for datums, output, optim in trained:
@@ -370,18 +369,18 @@ def _origins(
             targets = datum.loss_fn_inputs["target_tokens"].to_numpy()
             p, g = members[(*datum.model_input.to_ints(), int(targets[-1]))]
             if (p, g) not in position:
-                position[p, g] = len(origins_D)
-                origins_D.append((p, g))
+                position[p, g] = len(sources_D)
+                sources_D.append((p, g))
                 signal = next(k for k in SIGNAL_INPUTS if k in datum.loss_fn_inputs)
                 signal_P_G[p, g] = datum.loss_fn_inputs[signal].to_numpy()[-1]
             indices.append(position[p, g])
         steps.append(OptimizerStep(indices, output, optim))
-    return origins_D, signal_P_G, steps
+    return sources_D, signal_P_G, steps
 
 
 def _attach_training(
     groups: list[QuestionGroup],
-    origins_D: list[tuple[int, int]],
+    sources_D: list[tuple[int, int]],
     signal_P_G: np.ndarray,
     steps: list[OptimizerStep],
 ) -> None:
@@ -393,7 +392,7 @@ def _attach_training(
             if d in seen:
                 continue
             seen.add(d)
-            p, g = origins_D[d]
+            p, g = sources_D[d]
             rollout = groups[p].rollouts[g]
             rollout.advantage = float(signal_P_G[p, g])
             rollout.trainer_logprobs = output["logprobs"].to_numpy()[-len(rollout.tokens) :]

@@ -25,15 +25,14 @@ from harness.config import (
     RESUMABLE_CHANGES,
     Config,
     ConfigError,
+    check_config,
     config_changes,
     resolve_backend,
-    validate,
     with_implied_format,
 )
 from harness.cost import Price, PriceTableError, load_price_table
 from harness.data import BatchCursor, DatasetUnavailable, Problem, load_problems, next_batch
 from harness.estimate import EstimateError, format_plan, load_tokenizer, plan_run
-from harness.evaluation import RewardFn
 from harness.jsonl import write_atomically
 from harness.logger import RunLogger
 from harness.loop import RunResult, train
@@ -46,6 +45,7 @@ from harness.plugins import (
     preflight,
 )
 from harness.resilience import RunFailed
+from harness.rewards import RewardFn
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
@@ -59,11 +59,11 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None, reward_fn: RewardFn | None = None) -> int:
-    """Parse, validate, run. `reward_fn` replaces the training reward (tests use this seam)."""
+    """Parse, check, run. `reward_fn` replaces the training reward (tests use this seam)."""
     config = parse_config(argv)
     console = Console(stderr=True, soft_wrap=True)
     try:
-        validate(config)
+        check_config(config)
         if reward_fn is None and config.reward_fn is None and config.backend == "replay":
             # The recorded run's reward, unless --reward_fn replaces it anyway.
             reward_fn = recorded_reward_fn(config.cassette)

@@ -241,7 +241,7 @@ def resolve_backend(config: Config, environ: Mapping[str, str]) -> str:
     return "local"
 
 
-def validate(config: Config, environ: Mapping[str, str] = os.environ) -> None:
+def check_config(config: Config, environ: Mapping[str, str] = os.environ) -> None:
     """Raise ConfigError with a one-line message for the first mistake found."""
     positive = (
         "lora_rank",
@@ -347,7 +347,7 @@ def _check_train_batch(config: Config) -> None:
 
 def with_implied_format(config: Config, format_flag_given: bool) -> Config:
     """With --prompt and no --use_r1_zero_format, the format flag the prompt implies (so every
-    reader of either agrees); with both, `validate` refuses a contradiction."""
+    reader of either agrees); with both, `check_config` refuses a contradiction."""
     if config.prompt is None or format_flag_given:
         return config
     return dataclasses.replace(config, use_r1_zero_format=answers_in_tags(config.prompt))

@@ -30,14 +30,13 @@ from harness.config import (
     Config,
     ConfigError,
     Dataset,
+    check_config,
     check_eval_sampling,
     resolve_backend,
-    validate,
 )
 from harness.data import DatasetUnavailable, load_problems
 from harness.evaluation import (
     Question,
-    RewardFn,
     Sampling,
     estimates,
     evaluate,
@@ -48,7 +47,7 @@ from harness.jsonl import read_json_lines, rewrite_json_lines
 from harness.logger import STEP_KEY, collect_with_progress
 from harness.plugins import check_reward, load_function
 from harness.prompts import PromptName, answers_in_tags, effective_prompt
-from harness.rewards import make_reward_fn
+from harness.rewards import RewardFn, make_reward_fn
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
@@ -160,7 +159,7 @@ def resolved(config: EvalConfig) -> EvalConfig:
 
 def check(config: EvalConfig) -> None:
     """The training script's checks of the shared flags, then the evaluation's own."""
-    validate(
+    check_config(
         Config(
             **{name: getattr(config, name) for name in FROM_RUN},
             eval_n=config.eval_n or 1,

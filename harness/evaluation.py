@@ -8,7 +8,7 @@ sequences, decoding, reward and sample records. Greedy, one answer per question 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -19,7 +19,7 @@ from harness import stats
 from harness.data import Problem
 from harness.prompts import PromptName, answers_in_tags, format_prompt
 from harness.resilience import Waits
-from harness.rewards import extract_answer, normalize_number
+from harness.rewards import RewardFn, extract_answer, normalize_number
 from harness.rollouts import (
     Collect,
     collect_quietly,
@@ -29,7 +29,6 @@ from harness.rollouts import (
     submit_groups,
 )
 
-RewardFn = Callable[[str, str], dict[str, float]]
 # A question and its index in the test split (what seeds its samples and pairs evaluations).
 Question = tuple[int, Problem]
 

@@ -5,10 +5,12 @@ written against that assignment's `tests/adapters.py` can call these functions u
 Shapes: B sequences, T tokens, P problems, G group members.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
+
+from harness.rewards import RewardFn
 
 LossType = Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "grpo_no_clip"]
 LOSS_TYPES: tuple[LossType, ...] = (
@@ -20,10 +22,9 @@ LOSS_TYPES: tuple[LossType, ...] = (
 # How a response's per-token losses combine into its loss: their sum, their mean over the
 # response (masked_mean), or their sum over a constant (masked_normalize, Dr. GRPO).
 LengthNormalization = Literal["sum", "sequence_mean", "constant"]
-RewardFn = Callable[[str, str], dict[str, float]]
 
 
-def constant_groups(rewards_P_G: torch.Tensor) -> torch.Tensor:
+def zero_variance_groups(rewards_P_G: torch.Tensor) -> torch.Tensor:
     """Which groups (rows) hold a single reward value, shape (P,)."""
     return rewards_P_G.amax(dim=1) == rewards_P_G.amin(dim=1)
 
@@ -45,7 +46,7 @@ def group_normalized_advantages(
         advantages_P_G = advantages_P_G / (rewards_P_G.std(dim=1, keepdim=True) + advantage_eps)
     # Rounding in the mean leaves many constant float32 groups with one-ulp residues, which
     # the division by (std ~ 1e-8) + eps inflates to advantages of order 1e-2.
-    return advantages_P_G.masked_fill(constant_groups(rewards_P_G)[:, None], 0.0)
+    return advantages_P_G.masked_fill(zero_variance_groups(rewards_P_G)[:, None], 0.0)
 
 
 def reward_metadata(
@@ -57,7 +58,7 @@ def reward_metadata(
         "reward_std": rewards_P_G.std(correction=0).item(),
         "reward_max": rewards_P_G.max().item(),
         "reward_min": rewards_P_G.min().item(),
-        "frac_constant_groups": constant_groups(rewards_P_G).float().mean().item(),
+        "frac_zero_variance_groups": zero_variance_groups(rewards_P_G).float().mean().item(),
     }
     for key in ("format_reward", "answer_reward"):
         if all(key in score for score in scores):

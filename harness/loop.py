@@ -56,20 +56,19 @@ from harness.datums import step_datums
 from harness.evaluation import (
     PendingEvaluation,
     Question,
-    RewardFn,
     Sampling,
     submit_evaluation,
     validation_metrics,
     validation_subset,
 )
-from harness.grpo import compute_group_normalized_rewards, constant_groups
+from harness.grpo import compute_group_normalized_rewards, zero_variance_groups
 from harness.logger import STEP_KEY, RunLogger
 from harness.metrics import length_metrics, policy_metrics, reward_metrics
 from harness.objectives import TinkerLoss, optimizer_steps, tinker_loss, training_signal
 from harness.plugins import AdvantagesFn, checked_advantages
 from harness.prompts import format_prompt
 from harness.resilience import FaultLog, RetryPolicy, RunFailed, TrainingFault, Waits
-from harness.rewards import make_reward_fn
+from harness.rewards import RewardFn, make_reward_fn
 from harness.rollouts import (
     encode_prompts,
     request_seed,
@@ -137,7 +136,7 @@ class Rollouts:
     """What the Datums carry in the loss's input: the advantages, length-normalised, or the raw
     rewards for `no_baseline`."""
     datums_D: list[tinker.Datum]
-    origins_D: list[tuple[int, int]]
+    sources_D: list[tuple[int, int]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,7 +418,7 @@ def grpo_step(
     }
     if trained is not None:
         metrics |= training_metrics(
-            trained, scored, rollouts.origins_D, rollouts.signal_P_G, config
+            trained, scored, rollouts.sources_D, rollouts.signal_P_G, config
         )
     return metrics, tokens
 
@@ -433,11 +432,11 @@ def streams(config: Config) -> bool:
 
 def rollout_metrics(scored: Scored) -> dict[str, float]:
     """A step's statistics of its rollouts: rewards, lengths, groups without reward variance."""
-    constant_P = constant_groups(torch.from_numpy(scored.rewards_P_G))
+    zero_variance_P = zero_variance_groups(torch.from_numpy(scored.rewards_P_G))
     return {
         **reward_metrics(scored.rewards_P_G, scored.format_P_G, scored.answer_P_G),
         **length_metrics(response_lengths(scored), scored.truncated_P_G),
-        "train/frac_zero_variance_groups": constant_P.float().mean().item(),
+        "train/frac_zero_variance_groups": zero_variance_P.float().mean().item(),
     }
 
 
@@ -469,7 +468,7 @@ def serial_training(
     if not rollouts.datums_D:
         return rollouts, None
     schedule = optimizer_steps(
-        rollouts.origins_D, config.group_size, config.minibatch_size,
+        rollouts.sources_D, config.group_size, config.minibatch_size,
         config.epochs_per_rollout_batch,
     )  # fmt: skip
     loss = tinker_loss(config.loss_type, config.cliprange)
@@ -576,14 +575,14 @@ def prepare(
             config.length_normalization,
             config.sampling_max_tokens,
         )
-        datums_D, origins_D = step_datums(
+        datums_D, sources_D = step_datums(
             [p.to_ints() for p in prompt_tokens_P],
             scored.tokens_P_G,
             scored.logprobs_P_G,
             signal_P_G,
             tinker_loss(config.loss_type, config.cliprange).signal_input,
         )
-    return Rollouts(scored, advantages_P_G, signal_P_G, datums_D, origins_D)
+    return Rollouts(scored, advantages_P_G, signal_P_G, datums_D, sources_D)
 
 
 def joined(parts: Sequence[Rollouts]) -> Rollouts:
@@ -600,10 +599,10 @@ def joined(parts: Sequence[Rollouts]) -> Rollouts:
         advantages_P_G=np.concatenate([part.advantages_P_G for part in parts]),
         signal_P_G=np.concatenate([part.signal_P_G for part in parts]),
         datums_D=[datum for part in parts for datum in part.datums_D],
-        origins_D=[
+        sources_D=[
             (int(offset) + p, g)
             for part, offset in zip(parts, offsets, strict=False)
-            for p, g in part.origins_D
+            for p, g in part.sources_D
         ],
     )
 
@@ -736,14 +735,14 @@ def submit_forward_backward(
 def training_metrics(
     steps: Sequence[OptimizerStep],
     scored: Scored,
-    origins_D: Sequence[tuple[int, int]],
+    sources_D: Sequence[tuple[int, int]],
     signal_P_G: np.ndarray,
     config: Config,
 ) -> dict[str, float]:
     """The loss, the optimizer's report, and sampler-vs-trainer logprobs on response tokens
     before each step: over the rollout batch's steps (their mean loss, the last optimizer
     report, the tokens of them all), and with several steps, each one's as `optim_step/{i}/*`."""
-    per_step = [step_tokens(step, scored, origins_D, signal_P_G) for step in steps]
+    per_step = [step_tokens(step, scored, sources_D, signal_P_G) for step in steps]
     together = [list(itertools.chain(*parts)) for parts in zip(*per_step, strict=True)]
     losses = [float(step.forward_backward.metrics["loss:sum"]) for step in steps]
     optim = steps[-1].optim.metrics or {}
@@ -752,7 +751,7 @@ def training_metrics(
         **{f"optim/{key.split(':')[0]}": float(value) for key, value in optim.items()},
         **policy_metrics(*together, config.cliprange),
         # Each Datum's tokens once, however many epochs trained on them.
-        "train/tokens": float(sum(len(scored.tokens_P_G[p][g]) for p, g in origins_D)),
+        "train/tokens": float(sum(len(scored.tokens_P_G[p][g]) for p, g in sources_D)),
     }
     if config.optimizer_steps_per_rollout_batch == 1:
         return metrics
@@ -771,12 +770,12 @@ PER_STEP_POLICY_KEYS = ("kl_sampler_trainer", "ratio_min", "ratio_max", "clip_fr
 def step_tokens(
     step: OptimizerStep,
     scored: Scored,
-    origins_D: Sequence[tuple[int, int]],
+    sources_D: Sequence[tuple[int, int]],
     signal_P_G: np.ndarray,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
     """One optimizer step's Datums as policy_metrics reads them: the sampler's and the
     trainer's (before the step) logprobs of their response tokens, and their signal."""
-    sources = [origins_D[d] for d in step.datums]
+    sources = [sources_D[d] for d in step.datums]
     sampler_logprobs_D = [scored.logprobs_P_G[p][g] for p, g in sources]
     trainer_logprobs_D = [
         output["logprobs"].to_numpy()[-len(sampler) :]

@@ -94,7 +94,7 @@ def training_signal(
 
 
 def optimizer_steps(
-    origins_D: Sequence[tuple[int, int]],
+    sources_D: Sequence[tuple[int, int]],
     group_size: int,
     train_batch_size: int,
     epochs: int,
@@ -103,6 +103,6 @@ def optimizer_steps(
     consecutive minibatches of `train_batch_size` rollouts in (problem, member) order. A
     minibatch whose rollouts carry no Datum (no signal) takes no step."""
     minibatches: dict[int, list[int]] = {}
-    for d, (p, g) in enumerate(origins_D):
+    for d, (p, g) in enumerate(sources_D):
         minibatches.setdefault((p * group_size + g) // train_batch_size, []).append(d)
     return [minibatches[k] for _ in range(epochs) for k in sorted(minibatches)]

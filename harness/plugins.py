@@ -31,10 +31,9 @@ import numpy as np
 import torch
 
 from harness.config import Config, ConfigError
-from harness.grpo import compute_group_normalized_rewards, constant_groups
-from harness.rewards import parse_ground_truth
+from harness.grpo import compute_group_normalized_rewards, zero_variance_groups
+from harness.rewards import RewardFn, parse_ground_truth
 
-RewardFn = Callable[[str, str], Mapping[str, float]]
 AdvantagesFn = Callable[..., Any]
 """`compute_group_normalized_rewards`'s signature: (reward_fn, rollout_responses,
 repeated_ground_truths, group_size, advantage_eps, normalize_by_std) -> (advantages,
@@ -278,8 +277,8 @@ def checked_advantages(
             f"{plugged_name} returned metadata as a {type(result[2]).__name__}, not a dict"
         )
     advantages_P_G, raw_P_G = arrays
-    constant_P = constant_groups(torch.from_numpy(rewards_P_G)).numpy()
-    advantages_P_G = np.where(constant_P[:, None], np.float32(0), advantages_P_G)
+    zero_variance_P = zero_variance_groups(torch.from_numpy(rewards_P_G)).numpy()
+    advantages_P_G = np.where(zero_variance_P[:, None], np.float32(0), advantages_P_G)
     bad = ~np.isfinite(advantages_P_G).all(axis=1)
     if bad.any():
         p = int(np.argmax(bad))

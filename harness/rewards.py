@@ -21,8 +21,12 @@ Every scan is a compiled regex or one linear pass over braces, so long responses
 import functools
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fractions import Fraction
+
+# A reward function: (response, ground truth) -> scores by name, "reward" among them.
+RewardFn = Callable[[str, str], Mapping[str, float]]
+
 
 FORMAT_WEIGHT = 0.2
 ANSWER_WEIGHT = 0.8
@@ -172,6 +176,6 @@ def gsm8k_reward_fn(
     }
 
 
-def make_reward_fn(use_r1_zero_format: bool) -> Callable[[str, str], dict[str, float]]:
+def make_reward_fn(use_r1_zero_format: bool) -> RewardFn:
     """``gsm8k_reward_fn`` with the format flag bound, for callers passing (response, truth)."""
     return functools.partial(gsm8k_reward_fn, use_r1_zero_format=use_r1_zero_format)

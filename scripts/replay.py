@@ -85,9 +85,9 @@ def _table(title: str, columns: str, width: int = 28) -> Table:
 
 
 def step_table(view: RunView) -> Table:
-    table = _table("steps", "step reward acc format 0-var datums length trunc loss val")
+    table = _table("steps", "step reward acc format zero-var datums length trunc loss val")
     table.caption = (
-        "reward, acc(uracy), format: means over the step's rollouts; 0-var: groups whose"
+        "reward, acc(uracy), format: means over the step's rollouts; zero-var: groups whose"
         " rewards are all equal (nothing to learn); length: mean/max response tokens; trunc:"
         " fraction cut at max_tokens; val: greedy validation accuracy before the step"
     )

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness.cli import parse_config
-from harness.config import ConfigError, validate
+from harness.config import ConfigError, check_config
 from harness.jsonl import read_json_lines
 from harness.sweep import (
     CSV_FIELDS,
@@ -76,7 +76,7 @@ def main(argv: Sequence[str]) -> int:
         points = grid_points(args.grid) + listed_points(args.points)
         runs = sweep_runs(points, args.seeds, common, args.out, parse_config)
         for run in runs:  # every run's flags checked before the first one starts
-            validate(parse_config(list(run.flags)))
+            check_config(parse_config(list(run.flags)))
     except ConfigError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2

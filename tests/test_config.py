@@ -4,7 +4,7 @@ import socket
 import pytest
 
 from harness.cli import main, parse_config
-from harness.config import Config, ConfigError, resolve_backend, validate
+from harness.config import Config, ConfigError, check_config, resolve_backend
 
 ORIGINAL_README_DEFAULTS = {
     "model_name": "Qwen/Qwen3-8B",
@@ -73,7 +73,7 @@ def local(tiny_model_dir, gsm8k_dir, **changes):
 
 
 def test_a_good_local_config_passes(tiny_model_dir, gsm8k_dir):
-    validate(local(tiny_model_dir, gsm8k_dir), environ={})
+    check_config(local(tiny_model_dir, gsm8k_dir), environ={})
 
 
 @pytest.mark.parametrize(
@@ -97,13 +97,13 @@ def test_a_good_local_config_passes(tiny_model_dir, gsm8k_dir):
 )
 def test_mistakes_give_one_line_errors(tiny_model_dir, gsm8k_dir, changes, message):
     with pytest.raises(ConfigError) as info:
-        validate(local(tiny_model_dir, gsm8k_dir, **changes), environ={})
+        check_config(local(tiny_model_dir, gsm8k_dir, **changes), environ={})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_group_size_one_is_fine_without_std_normalization(tiny_model_dir, gsm8k_dir):
-    validate(
+    check_config(
         local(tiny_model_dir, gsm8k_dir, group_size=1, use_std_normalization=False), environ={}
     )
 
@@ -120,7 +120,7 @@ def test_a_broken_model_folder_is_one_line(tmp_path, gsm8k_dir, files, message):
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError) as info:
-        validate(local(tmp_path, gsm8k_dir), environ={})
+        check_config(local(tmp_path, gsm8k_dir), environ={})
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -128,13 +128,13 @@ def test_dataset_folder_must_hold_both_splits(tmp_path, tiny_model_dir):
     (tmp_path / "train.jsonl").write_text("{}\n")
     config = Config(backend="local", model_name=str(tiny_model_dir), dataset_path=str(tmp_path))
     with pytest.raises(ConfigError, match=r"missing test\.jsonl"):
-        validate(config, environ={})
+        check_config(config, environ={})
 
 
 def test_tinker_backend_needs_a_key():
     with pytest.raises(ConfigError, match="TINKER_API_KEY is not set"):
-        validate(Config(backend="tinker"), environ={})
-    validate(Config(backend="tinker"), environ={"TINKER_API_KEY": "tml-x"})
+        check_config(Config(backend="tinker"), environ={})
+    check_config(Config(backend="tinker"), environ={"TINKER_API_KEY": "tml-x"})
 
 
 def test_config_is_frozen():

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from harness.cli import main, parse_config
-from harness.config import Config, ConfigError, config_changes, validate
+from harness.config import Config, ConfigError, check_config, config_changes
 from harness.data import load_problems
 from harness.estimate import plan_run
 from harness.eval_cli import EvalConfig, resolved
@@ -35,14 +35,14 @@ def test_the_defaults_are_todays_run():
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_every_loss_type_parses(loss_type):
     config = parse_config([f"--loss_type={loss_type}", *OFFLINE])
-    validate(config)
+    check_config(config)
     assert config.loss_type == loss_type
 
 
 @pytest.mark.parametrize("normalization", ["sum", "sequence_mean", "constant"])
 def test_every_length_normalization_parses(normalization):
     config = parse_config([f"--length_normalization={normalization}", *OFFLINE])
-    validate(config)
+    check_config(config)
     assert config.length_normalization == normalization
 
 
@@ -57,7 +57,7 @@ def test_unknown_values_are_refused_by_the_parser(flag, capsys):
 @pytest.mark.parametrize("prompt", PROMPT_NAMES)
 def test_a_prompt_alone_sets_the_format_its_reward_and_stops_follow(prompt):
     config = parse_config([f"--prompt={prompt}", *OFFLINE])
-    validate(config)
+    check_config(config)
     assert config.prompt_name == prompt
     assert config.use_r1_zero_format is (prompt == "r1_zero")
     tokenizer = AutoTokenizer.from_pretrained(TINY)
@@ -79,8 +79,8 @@ def test_a_contradicting_prompt_and_format_flag_is_one_line(prompt, use_r1_zero_
 
 
 def test_an_agreeing_prompt_and_format_flag_pass():
-    validate(parse_config(["--prompt=question_only", "--use_r1_zero_format=False", *OFFLINE]))
-    validate(parse_config(["--prompt=r1_zero", "--use_r1_zero_format=True", *OFFLINE]))
+    check_config(parse_config(["--prompt=question_only", "--use_r1_zero_format=False", *OFFLINE]))
+    check_config(parse_config(["--prompt=r1_zero", "--use_r1_zero_format=True", *OFFLINE]))
 
 
 def test_minibatches_and_epochs_give_optimizer_steps():
@@ -88,7 +88,7 @@ def test_minibatches_and_epochs_give_optimizer_steps():
         ["--rollout_batch_size=4", "--group_size=8", "--train_batch_size=8",
          "--epochs_per_rollout_batch=3", *OFFLINE]
     )  # fmt: skip
-    validate(config)
+    check_config(config)
     assert (config.minibatch_size, config.optimizer_steps_per_rollout_batch) == (8, 12)
 
 
@@ -108,7 +108,7 @@ def test_minibatches_and_epochs_give_optimizer_steps():
 def test_invalid_combinations_are_one_line_errors(flags, message, capsys):
     argv = ["--rollout_batch_size=4", "--group_size=8", *flags, *OFFLINE]
     with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
-        validate(parse_config(argv))
+        check_config(parse_config(argv))
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err

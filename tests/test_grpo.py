@@ -85,7 +85,7 @@ def test_group_normalized_rewards_metadata():
     assert metadata["reward_min"] == 0.0
     assert metadata["format_reward_mean"] == pytest.approx(10 / 12)
     assert metadata["answer_reward_mean"] == pytest.approx(3 / 12)
-    assert metadata["frac_constant_groups"] == pytest.approx(1 / 3)
+    assert metadata["frac_zero_variance_groups"] == pytest.approx(1 / 3)
 
 
 def test_metadata_without_component_rewards():

@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from harness.serve.futures import Failure, FutureStore, Payload
+from harness.serve.future_store import Failure, FutureStore, Payload
 from harness.serve.ordering import SampleBatcher, SeqQueue
 from tests.support.strategies import waits
 from tests.support.timers import FakeTimers

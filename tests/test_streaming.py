@@ -141,10 +141,10 @@ def assert_same_step(serial, streamed, serial_weights, streamed_weights, config)
         changed += int(tensor.abs().sum() > 0)
     assert changed  # the step moved the weights
     metrics_a = training_metrics(
-        trained_a, rollouts_a.scored, rollouts_a.origins_D, rollouts_a.signal_P_G, config
+        trained_a, rollouts_a.scored, rollouts_a.sources_D, rollouts_a.signal_P_G, config
     )
     metrics_b = training_metrics(
-        trained_b, rollouts_b.scored, rollouts_b.origins_D, rollouts_b.signal_P_G, config
+        trained_b, rollouts_b.scored, rollouts_b.sources_D, rollouts_b.signal_P_G, config
     )
     assert metrics_b == pytest.approx(metrics_a, rel=1e-4, abs=1e-5)
 
@@ -182,7 +182,7 @@ def test_requests_are_cut_by_tokens_and_the_last_group_closes_one(tmp_path):
     tokenizer = client.get_tokenizer()
     rollouts, _, _ = one_step("streamed", client, tokenizer, inputs, config, tmp_path)
     # A request per group that has Datums: each one alone already brings >= 1 token.
-    per_group = [sum(1 for p, _ in rollouts.origins_D if p == q) for q in range(6)]
+    per_group = [sum(1 for p, _ in rollouts.sources_D if p == q) for q in range(6)]
     assert client.requests == [n for n in per_group if n]
     assert request_tokens(rollouts.datums_D) == sum(d.model_input.length for d in rollouts.datums_D)
     service.close()

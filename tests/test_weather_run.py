@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.config import RESUMABLE_CHANGES, Config, ConfigError, validate
+from harness.config import RESUMABLE_CHANGES, Config, ConfigError, check_config
 from harness.jsonl import read_json_lines
 from harness.metrics import without_timings
 from tests.support.golden import FLAGS as GOLDEN_FLAGS
@@ -39,7 +39,7 @@ def test_weather_is_refused_where_it_means_nothing(backend, extra, message):
         backend=backend, model_name="fixtures/tiny-qwen3", weather=str(TINKER_LIKE), **extra
     )
     with pytest.raises(ConfigError, match=message):
-        validate(config, {"TINKER_API_KEY": "tml-x"})
+        check_config(config, {"TINKER_API_KEY": "tml-x"})
 
 
 def test_a_bad_profile_stops_the_run_in_one_line(tmp_path, capsys):

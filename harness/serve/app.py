@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from tinker import types
 
 from .bodies import decode, parse_json_object, read_bounded, too_large
-from .futures import Failure, Payload
+from .future_store import Failure, Payload
 from .state import JSON, HttpError, Limits, ServerState
 from .weather import ConnectionDropped, dropped_answer
 

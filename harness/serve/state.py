@@ -28,7 +28,7 @@ from harness.backends.local.models import resolve_model_dir
 from harness.weather import Call, Fired
 
 from . import rest
-from .futures import Failure, FutureStore, Outcome, Payload
+from .future_store import Failure, FutureStore, Outcome, Payload
 from .ordering import LoopTimers, SampleBatcher, SeqQueue
 from .proto import (
     decode_forward_backward,

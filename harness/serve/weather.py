@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harness.weather import FaultSchedule, Fired, Weather, announce, describe
 
-from .futures import Failure, Outcome
+from .future_store import Failure, Outcome
 from .state import JSON, HttpError
 
 # The exit status of a server that died as its weather said (EX_TEMPFAIL: rerun it).
