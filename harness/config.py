@@ -152,14 +152,16 @@ class Config:
     # The step's order (what waits for what; the update is the same either way).
     stream_training: bool = True
     """Send each group's Datums to forward_backward as soon as its samples are scored, in
-    requests of about --stream_request_tokens, and validate while the rollouts sample; False:
-    today's serial order (validation, then sampling, then one forward_backward)."""
+    requests of about --stream_request_tokens, and validate while the last one trains (with one
+    optimizer step per rollout batch; several always run serially); False: the serial order
+    (validation, then sampling, then the training requests)."""
     stream_request_tokens: int = 262144
     """With --stream_training: model-input tokens per streamed forward_backward request."""
 
     # Recording and replay.
     record_cassette: str | None = None
-    """Record every client call of the run (request, response, latency) to this JSONL file."""
+    """Record every client call of the run (request, response, latency) to this file: JSON
+    lines for a path ending in .jsonl, else compressed rows with raw arrays and a step index."""
     cassette: str | None = None
     """With --backend=replay: the cassette to answer from."""
     replay_realtime: bool = False
