@@ -11,15 +11,6 @@ from tinker import types
 from harness.backends.cassette import CassetteError, canonical_request, read_cassette
 
 
-def sample_request(tokens, **params):
-    return canonical_request(
-        "sampling",
-        "sample",
-        (types.ModelInput.from_ints(tokens),),
-        {"num_samples": 2, "sampling_params": types.SamplingParams(max_tokens=8, **params)},
-    )
-
-
 def test_requests_are_canonical_whether_arguments_are_positional_keyword_or_default():
     prompt, params = types.ModelInput.from_ints([1, 2]), types.SamplingParams(max_tokens=8)
     positional = canonical_request("sampling", "sample", (prompt, 2, params), {})
