@@ -3,8 +3,8 @@
 A spec names one function: `PATH.py:function`, `module:function`, or (for the adapters) a bare
 `PATH.py` whose `run_compute_group_normalized_rewards` is taken. A file is imported the way
 CS336's own tests import `tests/adapters.py` from the assignment's root: as a module of the
-packages around it (every folder above it holding an `__init__.py`), with the first folder
-above those on `sys.path` only while it imports, so the student's package beside `tests/`
+packages around it (every folder above it holding an `__init__.py`), top-level imports found
+first in the folder above those while it imports, so the student's package beside `tests/`
 imports too. A module name is imported as is, or else from the working directory.
 
 Everything is checked before the first paid call (`preflight`): an import or a call that
@@ -19,6 +19,8 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import inspect
 import math
 import os
@@ -149,23 +151,35 @@ def _import_file(path: Path) -> tuple[Any, Path]:
         return importlib.import_module(".".join(parts)), root
 
 
+class _FromRoot(importlib.abc.MetaPathFinder):
+    """Finds top-level modules and packages in one folder (and nowhere else)."""
+
+    def __init__(self, root: Path):
+        self._root = str(root)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None:  # a submodule: its package's own __path__ finds it
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self._root])
+
+
 @contextlib.contextmanager
 def _importable_from(root: Path, top_level: str) -> Iterator[None]:
-    """`root` first on `sys.path` while the block imports. A package of the same top-level name
-    already imported from elsewhere (this repository's `tests`, say) steps aside meanwhile and
-    gets its name back after; the modules imported from `root` stay referenced by what imported
-    them."""
-    saved_path = list(sys.path)
+    """Top-level imports found in `root` first while the block imports (a finder of its own,
+    so `sys.path` stays as it is). A package of the same top-level name already imported from
+    elsewhere (this repository's `tests`, say) steps aside meanwhile and gets its name back
+    after; the modules imported from `root` stay referenced by what imported them."""
     loaded = sys.modules.get(top_level)
     shadowed = {}
     if loaded is not None and not _comes_from(loaded, root / top_level):
         shadowed = {name: sys.modules.pop(name) for name in _tree(top_level)}
-    sys.path.insert(0, str(root))
+    finder = _FromRoot(root)
+    sys.meta_path.insert(0, finder)
     importlib.invalidate_caches()
     try:
         yield
     finally:
-        sys.path[:] = saved_path
+        sys.meta_path.remove(finder)
         if shadowed:
             for name in _tree(top_level):
                 del sys.modules[name]

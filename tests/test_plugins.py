@@ -36,10 +36,11 @@ def load_adapters(path: Path):
     return load_function("--adapters", str(path), ADAPTER_FUNCTION)
 
 
-def test_an_adapters_file_imports_with_its_package_and_leaves_sys_path_as_it_was():
-    path_before, tests_package = list(sys.path), sys.modules["tests"]
+def test_an_adapters_file_imports_with_its_package_and_leaves_the_import_system_as_it_was():
+    path_before, finders_before = list(sys.path), list(sys.meta_path)
+    tests_package = sys.modules["tests"]
     plugged = load_adapters(ADAPTERS)
-    assert sys.path == path_before
+    assert sys.path == path_before and sys.meta_path == finders_before
     assert sys.modules["tests"] is tests_package  # this repository's tests got their name back
     assert plugged.function.__module__ == "tests.adapters"
     assert "examples/cs336_student/cs336_alignment/grpo.py" in plugged.sources
