@@ -20,11 +20,11 @@ import numpy as np
 from tinker import types
 from tinker.lib.chunked_fwdbwd_helpers import combine_fwd_bwd_output_results
 
-from harness.backends.cassette import Call, Cassette, read_cassette
+from harness.backends.cassette import Call, Cassette, read_cassette, recorded_flags
 from harness.backends.cassette_codec import decode
 from harness.backends.replay_service import load_tokenizer, recorded_reward_fn
 from harness.checkpoints import step_of
-from harness.config import Config, ConfigError
+from harness.config import Config, ConfigError, config_from_record
 from harness.data import DatasetUnavailable, Problem, cursor_at_step, load_problems, next_batch
 from harness.evaluation import Question, answer_records, validation_metrics, validation_subset
 from harness.loop import OptimizerStep, rollout_metrics, score, training_metrics
@@ -146,7 +146,7 @@ def load_view(
             indices, cursor = next_batch(cursor, len(train_problems), batch_size, seed)
             batch = [train_problems[i] for i in indices]
         final = number == config.get("n_grpo_steps")
-        step = _step(number, final, calls, batch, questions, scoring, _run_config(config))
+        step = _step(number, final, calls, batch, questions, scoring, _run_config(cassette))
         steps.append(step)
         if any(g.prompt_matches is False for g in step.groups):
             notes.append(
@@ -402,11 +402,10 @@ def _attach_training(
 SIGNAL_INPUTS: tuple[SignalInput, ...] = get_args(SignalInput)
 
 
-def _run_config(config: dict[str, Any]) -> Config | None:
+def _run_config(cassette: Cassette) -> Config | None:
     """The recorded run's configuration (None for a cassette whose config does not build one)."""
-    fields = {f.name for f in dataclasses.fields(Config)}
     try:
-        return Config(**{k: v for k, v in config.items() if k in fields})
+        return config_from_record(recorded_flags(cassette.header))
     except (TypeError, ValueError):
         return None
 

@@ -220,6 +220,13 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+def config_from_record(recorded: Mapping[str, object]) -> Config:
+    """The Config a recorded run's flags (a cassette header's, a checkpoint's) build; flags this
+    harness does not know are left out, those the record lacks take their defaults."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in recorded.items() if k in names})  # type: ignore[arg-type]
+
+
 def config_changes(
     previous: Mapping[str, object], config: Config
 ) -> dict[str, tuple[object, object]]:

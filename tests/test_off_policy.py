@@ -17,6 +17,7 @@ from harness.cli import main
 from harness.jsonl import read_json_lines
 from harness.metrics import without_timings
 from tests.support.varied_reward_run import varied_reward
+from tests.support.viewed import assert_viewer_trains_as_logged
 
 # 2 questions x 4 samples = 8 rollouts, 2 minibatches of 4 (one group each), 2 epochs.
 OFF_POLICY = ["--epochs_per_rollout_batch=2", "--train_batch_size=4"]
@@ -43,7 +44,8 @@ def run_args(model: Path, gsm8k: Path, log_path: Path, steps: int) -> list[str]:
 def off_policy_run(tmp_path_factory, tiny_model_dir, gsm8k_dir):
     log_path = tmp_path_factory.mktemp("off-policy")
     args = run_args(tiny_model_dir, gsm8k_dir, log_path, steps=3) + OFF_POLICY
-    assert main(args, reward_fn=varied_reward) == 0
+    cassette = f"--record_cassette={log_path / 'run.jsonl'}"
+    assert main([*args, cassette], reward_fn=varied_reward) == 0
     return log_path
 
 
@@ -66,6 +68,12 @@ def test_the_first_optimizer_step_is_on_policy_and_the_later_ones_are_not(off_po
         # The aggregate spans every optimizer step, and the clip acted somewhere.
         assert row["train/ratio_max"] == max(row[f"optim_step/{i}/ratio_max"] for i in range(4))
     assert any(row["train/clip_frac"] > 0 for row in rows)
+
+
+def test_the_viewer_splits_a_recorded_step_into_its_optimizer_steps(off_policy_run, gsm8k_dir):
+    cassette, metrics = off_policy_run / "run.jsonl", off_policy_run / "metrics.jsonl"
+    assert_viewer_trains_as_logged(cassette, metrics, str(gsm8k_dir))
+    assert any("optim_step/3/clip_frac" in row for row in read_json_lines(metrics))
 
 
 def test_checkpoints_hold_every_optimizer_step_of_the_batches_before_them(off_policy_run):
@@ -109,3 +117,4 @@ def test_a_recorded_run_of_another_loss_type_replays_to_its_metrics(
     rows = without_timings(read_json_lines(replayed / "metrics.jsonl"))
     assert rows == without_timings(read_json_lines(recorded / "metrics.jsonl"))
     assert any(row.get("train/datums", 0) > 0 for row in rows)
+    assert_viewer_trains_as_logged(cassette, recorded / "metrics.jsonl", str(gsm8k_dir))

@@ -38,6 +38,7 @@ from harness.timing import Timer
 from scripts.record_golden_cassettes import SMOKE
 from tests.support.serve import MODEL, sdk_session, serving
 from tests.support.varied_reward_run import varied_reward
+from tests.support.viewed import assert_viewer_trains_as_logged
 
 REPO = Path(__file__).resolve().parent.parent
 GROUP = 8
@@ -236,3 +237,5 @@ def test_a_streamed_runs_metrics_replay_from_its_cassette(tmp_path):
         assert row == pytest.approx(serial_row, rel=1e-3, abs=1e-4)
     calls = [line for line in cassette.read_text().splitlines() if '"forward_backward"' in line]
     assert len(calls) > 4  # more than one request per step
+    dataset = str(REPO / "fixtures" / "gsm8k")
+    assert_viewer_trains_as_logged(cassette, tmp_path / "recorded" / "metrics.jsonl", dataset)

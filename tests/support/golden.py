@@ -9,7 +9,7 @@ from typing import Any
 from harness.backends.cassette import read_header, recorded_flags
 from harness.backends.replay_service import ReplayServiceClient
 from harness.cassette_view import rerun_flags
-from harness.config import Config
+from harness.config import Config, config_from_record
 from harness.data import Problem, load_problems
 from harness.jsonl import read_json_lines
 from harness.logger import RunLogger
@@ -25,9 +25,7 @@ FLAGS = rerun_flags({**CONFIG, "model_name": str(REPO / CONFIG["model_name"])})
 
 def recorded_config(cassette: Path, log_path: Path) -> Config:
     """The recorded run's config as a replay of it, into a fresh log folder."""
-    recorded = recorded_flags(read_header(cassette))
-    fields = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in recorded.items() if k in fields})
+    config = config_from_record(recorded_flags(read_header(cassette)))
     return dataclasses.replace(
         config, backend="replay", cassette=str(cassette), log_path=str(log_path)
     )
