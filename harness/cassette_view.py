@@ -114,10 +114,14 @@ def load_view(
     tokenizer the recorded ones name but this machine cannot load. With `step`, of that step
     alone (a binary cassette's other steps are not read)."""
     if step is None:
-        cassette = read_cassette(path)
+        cassette = read_cassette(path, arrays_as_lists=False)
     else:
-        start = _start_step(read_cassette(path, segment=0).calls)
-        cassette = read_cassette(path, segment=max(step - start, 0))
+        # Every segment holds the setup calls, which say the first step: read as if the run
+        # started at step 0, and again only if it was resumed from a later one.
+        cassette = read_cassette(path, segment=step, arrays_as_lists=False)
+        start = _start_step(cassette.calls)
+        if start:
+            cassette = read_cassette(path, segment=max(step - start, 0), arrays_as_lists=False)
     config = cassette.config
     notes: list[str] = []
     r1_zero = config.get("use_r1_zero_format", True)

@@ -31,7 +31,9 @@ per step:
 - recording: CPU seconds per step of a recording run less those of the same run unrecorded
   (run once more per order at time_scale 1e-3, where only CPU matters).
 
-The last line sums the streaming order up.
+Then, on the streaming run's cassette, the viewer (`scripts/replay.py CASSETTE --step k`) of
+each step, as a user starts it: the seconds until its first screen (`SCREEN_LINES` lines) is
+out, and until it is done. The last line sums the streaming order up.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +60,8 @@ from harness.loop import train
 from harness.weather import Latency, Weather, load_weather
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SCREEN_LINES = 50
+"""A terminal's screen of the viewer's output: its header and the first groups' rows."""
 
 
 @dataclasses.dataclass
@@ -157,6 +163,23 @@ def run(
     return steps
 
 
+def view_s(cassette: Path, step: int) -> tuple[float, float]:
+    """Seconds from starting the viewer of `step` until its first screen is out, and until
+    it exits."""
+    command = [sys.executable, "-u", str(REPO_ROOT / "scripts" / "replay.py"), str(cassette)]
+    command += ["--step", str(step), "--dataset_path", str(REPO_ROOT / "fixtures" / "gsm8k")]
+    start = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as viewer:
+        assert viewer.stdout is not None
+        screen = math.nan
+        for lines, _ in enumerate(viewer.stdout, start=1):
+            if lines == SCREEN_LINES:
+                screen = time.perf_counter() - start
+        if viewer.wait() != 0:
+            raise SystemExit(f"the viewer failed on step {step} of {cassette}")
+    return screen, time.perf_counter() - start
+
+
 def main(args: Args) -> None:
     weather = load_weather(REPO_ROOT / args.weather).without_faults()
     results: dict[str, tuple[list[Step], list[Step]]] = {}
@@ -164,6 +187,8 @@ def main(args: Args) -> None:
         with tempfile.TemporaryDirectory() as recorded, tempfile.TemporaryDirectory() as bare:
             timed = run(stream, args, weather, args.time_scale, True, Path(recorded))
             unrecorded = run(stream, args, weather, 1e-3, False, Path(bare))
+            if stream:
+                viewed = [view_s(Path(recorded) / "run.cassette", k) for k in range(args.steps)]
         results[name] = (timed, unrecorded)
         print(f"\n{name} ({args.steps} steps, time_scale {args.time_scale:g})")
         print("step   wall s  bound s  ratio  harness CPU s (%)  cassette MB  recording s")
@@ -174,6 +199,11 @@ def main(args: Args) -> None:
                 f" {bare_step.cpu_s:>9.2f} ({100 * bare_step.cpu_s / step.wall_s:>4.1f} %)"
                 f" {step.cassette_bytes / 1e6:>12.1f} {recording:>12.2f}"
             )
+    print("\nviewer (scripts/replay.py CASSETTE --step k, the streaming run's cassette)")
+    print("step  first screen s  whole step s")
+    for k, (screen, whole) in enumerate(viewed):
+        print(f"{k:>4} {screen:>15.1f} {whole:>13.1f}")
+    print(f"slowest first screen {max(screen for screen, _ in viewed):.1f} s")
     timed, unrecorded = results["streaming"]
     serial, _ = results["serial"]
     ratio = float(np.mean([s.ratio for s in timed]))

@@ -14,18 +14,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from harness.backends.replay_service import ReplayError
-from harness.cassette_view import Rollout, RunView, Step, find_step, load_view, replay_flags
+from harness.cassette_view import (
+    QuestionGroup,
+    Rollout,
+    RunView,
+    Step,
+    find_step,
+    load_view,
+    replay_flags,
+)
 from harness.data import Problem
 from harness.rewards import extract_answer
 
@@ -67,11 +77,14 @@ def header_panel(view: RunView) -> Panel:
     return Panel("\n".join(lines), title=escape(str(view.cassette.path)), expand=False)
 
 
-def _table(title: str, columns: str, width: int = 28) -> Table:
+def _table(
+    title: str | None, columns: str, width: int = 28, widths: Sequence[int] | None = None
+) -> Table:
     """A borderless table of one-line cells: columns named `<name` are left-aligned text cut
-    to `width` characters, the rest right-aligned numbers."""
+    to `width` characters, the rest right-aligned numbers; `widths` fixes each column's
+    width (text columns' still at most `width`) instead of measuring the rows."""
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
-    for name in columns.split():
+    for i, name in enumerate(columns.split()):
         text = name.startswith("<")
         table.add_column(
             name.lstrip("<"),
@@ -80,6 +93,7 @@ def _table(title: str, columns: str, width: int = 28) -> Table:
             overflow="ellipsis",
             min_width=None if text else len(name),
             max_width=width if text else None,
+            width=None if widths is None else min(widths[i], width) if text else widths[i],
         )
     return table
 
@@ -132,18 +146,37 @@ def _step_name(step: Step) -> str:
     return "final" if step.final else str(step.number)
 
 
-def groups_table(step: Step) -> Table:
-    table = _table(
-        f"step {step.number}: groups (the question, then its ground truth)",
-        "group <question # <response <parsed fmt ans reward adv",
-        width=24,
-    )
-    for k, group in enumerate(step.groups):
-        question = _short(group.problem.question) if group.problem else "?"
-        labels = [question, f"→ {escape(_ground_truth(group.problem))}"]
-        for g, rollout in enumerate(group.rollouts):
-            reward = rollout.reward or {}
-            table.add_row(
+GROUP_COLUMNS = "group <question # <response <parsed fmt ans reward adv"
+GROUPS_PER_PAGE = 16
+"""Groups per printed table, so that a full-size step's first screen shows before the rest of
+its 256 groups are laid out (rich takes seconds over 2,048 rows)."""
+
+
+def groups_tables(step: Step) -> Iterator[Table]:
+    """The step's groups, one row per response, in tables of `GROUPS_PER_PAGE` groups that
+    print as one: the columns' widths are fixed from every row, the header is the first's."""
+    rows_K = [_group_rows(k, group) for k, group in enumerate(step.groups)]
+    widths = [cell_len(name.lstrip("<")) for name in GROUP_COLUMNS.split()]
+    for cells in (cells for rows in rows_K for cells in rows):
+        widths = [max(w, Text.from_markup(c).cell_len) for w, c in zip(widths, cells, strict=True)]
+    title = f"step {step.number}: groups (the question, then its ground truth)"
+    for first in range(0, max(len(rows_K), 1), GROUPS_PER_PAGE):
+        table = _table(title if first == 0 else None, GROUP_COLUMNS, width=24, widths=widths)
+        table.show_header = first == 0
+        for rows in rows_K[first : first + GROUPS_PER_PAGE]:
+            for g, cells in enumerate(rows):
+                table.add_row(*cells, end_section=g == len(rows) - 1)
+        yield table
+
+
+def _group_rows(k: int, group: QuestionGroup) -> list[list[str]]:
+    question = _short(group.problem.question) if group.problem else "?"
+    labels = [question, f"→ {escape(_ground_truth(group.problem))}"]
+    rows = []
+    for g, rollout in enumerate(group.rollouts):
+        reward = rollout.reward or {}
+        rows.append(
+            [
                 str(k) if g == 0 else "",
                 labels[g] if g < len(labels) else "",
                 str(g),
@@ -153,9 +186,9 @@ def groups_table(step: Step) -> Table:
                 _fmt(reward.get("answer_reward"), 0),
                 _fmt(reward.get("reward"), 2),
                 _fmt(rollout.advantage, 3),
-                end_section=g == len(group.rollouts) - 1,
-            )
-    return table
+            ]
+        )
+    return rows
 
 
 def group_detail(step: Step, k: int) -> Group:
@@ -218,7 +251,10 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
             console.print(step_table(view))
             console.print(timing_table(view))
         elif args.group is None:
-            console.print(groups_table(find_step(view, args.step)))
+            for page, table in enumerate(groups_tables(find_step(view, args.step))):
+                if page:
+                    console.line()  # the gap between groups that a page break took
+                console.print(table)
         else:
             console.print(group_detail(find_step(view, args.step), args.group))
     except (OSError, ValueError, ReplayError) as error:

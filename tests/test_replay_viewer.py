@@ -18,10 +18,7 @@ from harness.jsonl import read_json_lines
 from harness.metrics import without_timings
 from scripts import replay as viewer
 from tests.support.golden import CONFIG, GOLDEN, METRICS, REPO
-
-# What a cassette cannot know: wall-clock timings, the run's progress, its token and dollar
-# counters. Every other key of a logged row the viewer computes, and equal.
-NOT_RECORDED = ("time/", "progress/", "tokens/", "cost/")
+from tests.support.viewed import NOT_RECORDED
 
 
 def show(*args: str, cassette: Path = GOLDEN) -> tuple[int, str]:

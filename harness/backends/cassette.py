@@ -44,7 +44,7 @@ import numpy as np
 import tinker
 import zstandard
 
-from harness.backends.cassette_codec import decode, encode_or_repr, with_arrays
+from harness.backends.cassette_codec import decode, encode_or_repr, loads_with_arrays
 
 FORMAT = 1
 
@@ -249,14 +249,18 @@ def _checked_header(path: Path, header: Any) -> dict[str, Any]:
     return header
 
 
-def read_cassette(path: str | Path, segment: int | None = None) -> Cassette:
+def read_cassette(
+    path: str | Path, segment: int | None = None, arrays_as_lists: bool = True
+) -> Cassette:
     """The cassette at `path` (either format); with `segment=k`, only the calls before the
     first fresh sampler (the run's setup) and those of the k-th step (from the k-th
     `save_weights_and_get_sampling_client` to the next, in submission order), read without
-    the rest of a binary file."""
+    the rest of a binary file. With `arrays_as_lists=False` a binary cassette's arrays stay
+    numpy arrays in the calls' trees: for a reader that only `decode`s them (the viewer), not
+    for replay, which compares the trees with its requests."""
     path = Path(path)
     if is_binary(path):
-        header, rows, count = _binary_rows(path, segment)
+        header, rows, count = _binary_rows(path, segment, arrays_as_lists)
     else:
         header, rows = _json_rows(path)
     calls, scores = [], {}
@@ -370,20 +374,24 @@ def _records(file: IO[bytes], path: Path) -> Iterator[tuple[dict[str, Any], Any]
         yield json.loads(meta_bytes), body
 
 
-def _row(body: bytes) -> dict[str, Any]:
+def _row(body: bytes, as_lists: bool = True) -> dict[str, Any]:
     data = zstandard.ZstdDecompressor().decompress(body)
     (size,) = _JSON_SIZE.unpack_from(data)
-    payload = json.loads(data[_JSON_SIZE.size : _JSON_SIZE.size + size])
-    arrays, offset = [], _JSON_SIZE.size + size
-    for dtype, count in payload["$arrays"]:
-        array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=offset)
-        arrays.append(array)
-        offset += array.nbytes
-    return with_arrays(payload["row"], arrays)
+
+    def arrays_of(payload: dict[str, Any]) -> list[np.ndarray]:
+        arrays, offset = [], _JSON_SIZE.size + size
+        for dtype, count in payload["$arrays"]:
+            array = np.frombuffer(data, dtype=np.dtype(dtype), count=count, offset=offset)
+            arrays.append(array)
+            offset += array.nbytes
+        return arrays
+
+    text = data[_JSON_SIZE.size : _JSON_SIZE.size + size]
+    return loads_with_arrays(text, arrays_of, as_lists)["row"]
 
 
 def _binary_rows(
-    path: Path, segment: int | None
+    path: Path, segment: int | None, as_lists: bool
 ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     """The header, the rows `segment` asks for (all when None), and the number of steps."""
     with path.open("rb") as f:
@@ -392,7 +400,7 @@ def _binary_rows(
             _checked_header(path, None)
         header = _checked_header(path, _row(records[0][1]()))
         wanted, count = _wanted([meta for meta, _ in records[1:]], segment)
-        rows = [_row(body()) for meta, body in records[1:] if wanted(meta)]
+        rows = [_row(body(), as_lists) for meta, body in records[1:] if wanted(meta)]
     return header, rows, count
 
 

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness.backends.cassette import read_header, recorded_flags
 from harness.backends.replay_service import ReplayServiceClient
 from harness.cassette_view import rerun_flags
@@ -21,6 +23,16 @@ METRICS = read_json_lines(GOLDEN.with_suffix(".metrics.jsonl"))
 CONFIG = read_header(GOLDEN)["config"]
 # The flags of the recorded run (its paths made absolute), to run it again on any backend.
 FLAGS = rerun_flags({**CONFIG, "model_name": str(REPO / CONFIG["model_name"])})
+
+
+def assert_the_golden_runs_metrics(rows: list[dict[str, Any]]) -> None:
+    """`rows` (timings left out) are the golden run's metrics, the floats up to the rounding in
+    which CPUs differ: a run on the local backend does float32 arithmetic whose last bits vary
+    with the machine's vector instructions, and the golden run was recorded on one machine.
+    (A replay of the golden cassette gives its metrics exactly: nothing is computed again.)"""
+    assert len(rows) == len(METRICS)
+    for row, golden in zip(rows, METRICS, strict=True):
+        assert row == pytest.approx(golden, rel=1e-5, abs=1e-4)
 
 
 def recorded_config(cassette: Path, log_path: Path) -> Config:

@@ -7,6 +7,10 @@ from pathlib import Path
 from harness.cassette_view import load_view
 from harness.jsonl import read_json_lines
 
+# What a cassette cannot know: wall-clock timings, the run's progress, its token and dollar
+# counters. Every other key of a logged row the viewer computes, and equal.
+NOT_RECORDED = ("time/", "progress/", "tokens/", "cost/")
+
 
 def assert_viewer_trains_as_logged(cassette: Path, metrics: Path, dataset_path: str | None):
     """Each step's training metrics as the viewer rebuilds them from the cassette's training
