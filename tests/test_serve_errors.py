@@ -16,6 +16,7 @@ from harness.backends.local import training as local_training
 from tests.support.serve import KEY, MODEL, sdk_client, start_server
 
 TIMEOUT_S = 30
+STUCK_S = 3
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,9 @@ def test_a_server_stopped_mid_request_fails_it_and_later_calls_give_up(tmp_path,
     forward = local_training.LocalTrainingClient._fwd
 
     def stuck_forward(self, *args, **kwargs):
-        release.wait(TIMEOUT_S)
+        # Stuck while the server stops (stop() waits for it), not for as long as the waits
+        # below allow: a loaded machine then still has most of them.
+        release.wait(STUCK_S)
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(local_training.LocalTrainingClient, "_fwd", stuck_forward)
