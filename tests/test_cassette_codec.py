@@ -248,6 +248,27 @@ def test_every_other_value_the_loop_uses_round_trips(value):
     assert_round_trip(value)
 
 
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=3),
+    st.floats(allow_nan=True),
+    st.integers(-(2**63), 2**63 - 1).map(np.int64),
+)
+
+
+@FAST
+@given(st.lists(SCALARS, max_size=8))
+def test_a_list_of_scalars_encodes_and_decodes_as_its_items_do(items):
+    # Lists of plain JSON scalars (a chunk's tokens) take a shortcut; others go item by item.
+    encoded = encode(items)
+    assert json.dumps(encoded) == json.dumps([encode(item) for item in items])
+    decoded = decode(encoded)
+    assert json.dumps(encode(decoded)) == json.dumps(encoded)
+    assert encoded is not items and decoded is not encoded  # copies, as the walk made
+
+
 def test_float32_arrays_are_written_as_their_shortest_decimals():
     text = json.dumps(encode(np.array([0.1, -2.3456789, 1e-45], dtype=np.float32)))
     assert text.endswith("[0.1, -2.3456788, 1e-45]}")

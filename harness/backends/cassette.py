@@ -44,7 +44,12 @@ import numpy as np
 import tinker
 import zstandard
 
-from harness.backends.cassette_codec import decode, encode_or_repr, loads_with_arrays
+from harness.backends.cassette_codec import (
+    JSON_LEAVES,
+    decode,
+    encode_or_repr,
+    loads_with_arrays,
+)
 
 FORMAT = 1
 
@@ -133,6 +138,8 @@ def _joined_text(tree: Any) -> Any:
     """`tree` with each run of adjacent text chunks of a ModelInput joined into one: how a
     token sequence is split into chunks is the client's bookkeeping, not part of the request."""
     if isinstance(tree, list):
+        if all(map(JSON_LEAVES.__contains__, map(type, tree))):  # a chunk's tokens, at C speed
+            return list(tree)
         return [_joined_text(item) for item in tree]
     if not isinstance(tree, dict) or tree.get("$type") == "TensorData" or "$ndarray" in tree:
         return tree  # arrays hold no ModelInput: their numbers are not walked

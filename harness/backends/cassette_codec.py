@@ -50,6 +50,10 @@ def _tinker_classes() -> dict[str, type]:
 TINKER_CLASSES = _tinker_classes()
 
 
+_KEPT = frozenset({int, str, bool, type(None)})
+"""The types `encode` gives back as they are (not float: a non-finite one is tagged)."""
+
+
 def encode(value: Any, arrays: Arrays = None) -> Any:
     """`value` as JSON-ready data that `decode` turns back into an equal value of the same type
     (with `arrays`, the arrays' numbers go there, not into the tree)."""
@@ -64,6 +68,8 @@ def encode(value: Any, arrays: Arrays = None) -> Any:
     if isinstance(value, types.TensorData):
         return _encode_tensor_data(value, arrays)
     if isinstance(value, list):
+        if all(map(_KEPT.__contains__, map(type, value))):  # e.g. a chunk's tokens, at C speed
+            return list(value)
         return [encode(item, arrays) for item in value]
     if isinstance(value, tuple):
         return {"$tuple": [encode(item, arrays) for item in value]}
@@ -176,14 +182,14 @@ def _flat_values(array: np.ndarray) -> list[Any]:
     ]
 
 
-_PLAIN = frozenset({int, float, str, bool, type(None)})
-"""The types JSON reads that `decode` gives back as they are."""
+JSON_LEAVES = frozenset({int, float, str, bool, type(None)})
+"""The types of a JSON tree's leaves, which `decode` gives back as they are."""
 
 
 def decode(tree: Any) -> Any:
     """The value `encode` made `tree` from."""
     if isinstance(tree, list):
-        if all(map(_PLAIN.__contains__, map(type, tree))):  # e.g. a chunk's tokens, at C speed
+        if all(map(JSON_LEAVES.__contains__, map(type, tree))):  # a chunk's tokens, at C speed
             return list(tree)
         return [decode(item) for item in tree]
     if not isinstance(tree, dict):
