@@ -28,8 +28,10 @@ per step:
 - harness CPU: the process's CPU seconds during the step less those of the synthetic model's
   own work (generating responses, answering training calls), as a share of the unscaled wall;
 - cassette: bytes the step added to the recording;
-- recording: CPU seconds per step of a recording run less those of the same run unrecorded
-  (run once more per order at time_scale 1e-3, where only CPU matters).
+- recording: CPU seconds per step of a recording run less those of the same run unrecorded,
+  both run once more per order at time_scale 1e-3, where only CPU matters (at real time, what
+  the process spends while it waits, e.g. on its progress display, would count too); the
+  summary divides the whole runs' difference, the cassette's writer emptied, by the steps.
 
 Then, on the streaming run's cassette, the viewer (`scripts/replay.py CASSETTE --step k`) of
 each step, as a user starts it: the seconds until its first screen (`SCREEN_LINES` lines) is
@@ -116,7 +118,7 @@ def bound_s(latency: Latency, row: dict[str, float]) -> float:
 
 def run(
     stream: bool, args: Args, weather: Weather, time_scale: float, record: bool, folder: Path
-) -> list[Step]:
+) -> Run:
     config = Config(
         model_name="Qwen/Qwen3-8B",
         dataset_path=str(REPO_ROOT / "fixtures" / "gsm8k"),
@@ -135,6 +137,7 @@ def run(
         folder / "storage", tokenizer, [*train_problems, *test_problems], seed=0, weather=scaled
     )
     logger = MeasuringLogger(config, service, cassette)
+    start_cpu_s = time.process_time()
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(service)
         if cassette is not None:
@@ -148,6 +151,7 @@ def run(
                 )
             )
         train(config, client, train_problems, test_problems, logger)
+    total_cpu_s = time.process_time() - start_cpu_s - service.model.cpu_s
     steps = []
     for row, before, after in zip(logger.rows, logger.marks, logger.marks[1:], strict=False):
         if row["progress/grpo_step"] == args.steps:  # the final validation's row
@@ -160,7 +164,14 @@ def run(
                 cassette_bytes=after[2] - before[2],
             )
         )
-    return steps
+    return Run(steps, total_cpu_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    steps: list[Step]
+    cpu_s: float
+    """The harness's CPU seconds over the whole run, the recording's writer emptied."""
 
 
 def view_s(cassette: Path, step: int) -> tuple[float, float]:
@@ -182,37 +193,43 @@ def view_s(cassette: Path, step: int) -> tuple[float, float]:
 
 def main(args: Args) -> None:
     weather = load_weather(REPO_ROOT / args.weather).without_faults()
-    results: dict[str, tuple[list[Step], list[Step]]] = {}
+    results: dict[str, tuple[Run, Run, Run]] = {}
     for name, stream in (("serial", False), ("streaming", True)):
-        with tempfile.TemporaryDirectory() as recorded, tempfile.TemporaryDirectory() as bare:
-            timed = run(stream, args, weather, args.time_scale, True, Path(recorded))
-            unrecorded = run(stream, args, weather, 1e-3, False, Path(bare))
+        with contextlib.ExitStack() as folders:
+            timed_dir, recorded_dir, bare_dir = (
+                Path(folders.enter_context(tempfile.TemporaryDirectory())) for _ in range(3)
+            )
+            timed = run(stream, args, weather, args.time_scale, True, timed_dir)
+            recorded = run(stream, args, weather, 1e-3, True, recorded_dir)
+            bare = run(stream, args, weather, 1e-3, False, bare_dir)
             if stream:
-                viewed = [view_s(Path(recorded) / "run.cassette", k) for k in range(args.steps)]
-        results[name] = (timed, unrecorded)
+                viewed = [view_s(timed_dir / "run.cassette", k) for k in range(args.steps)]
+        results[name] = (timed, recorded, bare)
         print(f"\n{name} ({args.steps} steps, time_scale {args.time_scale:g})")
         print("step   wall s  bound s  ratio  harness CPU s (%)  cassette MB  recording s")
-        for k, (step, bare_step) in enumerate(zip(timed, unrecorded, strict=True)):
-            recording = step.cpu_s - bare_step.cpu_s
+        for k, (step, fast, bare_step) in enumerate(
+            zip(timed.steps, recorded.steps, bare.steps, strict=True)
+        ):
             print(
                 f"{k:>4} {step.wall_s:>8.1f} {step.bound_s:>8.1f} {step.ratio:>6.2f}"
                 f" {bare_step.cpu_s:>9.2f} ({100 * bare_step.cpu_s / step.wall_s:>4.1f} %)"
-                f" {step.cassette_bytes / 1e6:>12.1f} {recording:>12.2f}"
+                f" {step.cassette_bytes / 1e6:>12.1f} {fast.cpu_s - bare_step.cpu_s:>12.2f}"
             )
     print("\nviewer (scripts/replay.py CASSETTE --step k, the streaming run's cassette)")
     print("step  first screen s  whole step s")
     for k, (screen, whole) in enumerate(viewed):
         print(f"{k:>4} {screen:>15.1f} {whole:>13.1f}")
     print(f"slowest first screen {max(screen for screen, _ in viewed):.1f} s")
-    timed, unrecorded = results["streaming"]
-    serial, _ = results["serial"]
-    ratio = float(np.mean([s.ratio for s in timed]))
-    cpu = float(np.mean([b.cpu_s / s.wall_s for s, b in zip(timed, unrecorded, strict=True)]))
-    megabytes = float(np.mean([s.cassette_bytes for s in timed])) / 1e6
-    recording = float(np.mean([s.cpu_s - b.cpu_s for s, b in zip(timed, unrecorded, strict=True)]))
+    timed, recorded, bare = results["streaming"]
+    serial = results["serial"][0].steps
+    pairs = list(zip(timed.steps, bare.steps, strict=True))
+    ratio = float(np.mean([s.ratio for s in timed.steps]))
+    cpu = float(np.mean([b.cpu_s / s.wall_s for s, b in pairs]))
+    megabytes = float(np.mean([s.cassette_bytes for s in timed.steps])) / 1e6
+    recording = (recorded.cpu_s - bare.cpu_s) / args.steps
     print(
         f"\nmean wall per step: serial {np.mean([s.wall_s for s in serial]):.1f} s,"
-        f" streaming {np.mean([s.wall_s for s in timed]):.1f} s;"
+        f" streaming {np.mean([s.wall_s for s in timed.steps]):.1f} s;"
         f" serial ratio {np.mean([s.ratio for s in serial]):.2f} to the bound"
     )
     print(
