@@ -82,7 +82,7 @@ def _table(
 ) -> Table:
     """A borderless table of one-line cells: columns named `<name` are left-aligned text cut
     to `width` characters, the rest right-aligned numbers; `widths` fixes each column's
-    width (text columns' still at most `width`) instead of measuring the rows."""
+    width instead of measuring the rows."""
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, header_style="bold")
     for i, name in enumerate(columns.split()):
         text = name.startswith("<")
@@ -93,7 +93,7 @@ def _table(
             overflow="ellipsis",
             min_width=None if text else len(name),
             max_width=width if text else None,
-            width=None if widths is None else min(widths[i], width) if text else widths[i],
+            width=None if widths is None else widths[i],
         )
     return table
 
@@ -156,12 +156,18 @@ def groups_tables(step: Step) -> Iterator[Table]:
     """The step's groups, one row per response, in tables of `GROUPS_PER_PAGE` groups that
     print as one: the columns' widths are fixed from every row, the header is the first's."""
     rows_K = [_group_rows(k, group) for k, group in enumerate(step.groups)]
-    widths = [cell_len(name.lstrip("<")) for name in GROUP_COLUMNS.split()]
+    columns = GROUP_COLUMNS.split()
+    widths = [cell_len(name.lstrip("<")) for name in columns]
     for cells in (cells for rows in rows_K for cells in rows):
         widths = [max(w, Text.from_markup(c).cell_len) for w, c in zip(widths, cells, strict=True)]
+    text_width = 24
+    widths = [
+        min(w, text_width) if name.startswith("<") else w
+        for w, name in zip(widths, columns, strict=True)
+    ]
     title = f"step {step.number}: groups (the question, then its ground truth)"
     for first in range(0, max(len(rows_K), 1), GROUPS_PER_PAGE):
-        table = _table(title if first == 0 else None, GROUP_COLUMNS, width=24, widths=widths)
+        table = _table(title if first == 0 else None, GROUP_COLUMNS, text_width, widths)
         table.show_header = first == 0
         for rows in rows_K[first : first + GROUPS_PER_PAGE]:
             for g, cells in enumerate(rows):

@@ -75,13 +75,11 @@ def test_it_is_binary_and_reads_back_to_the_json_formats_calls(recorded):
 
 
 def holds_array(tree) -> bool:
-    if isinstance(tree, np.ndarray):
-        return True
-    if isinstance(tree, dict | list):
-        return any(
-            holds_array(item) for item in (tree.values() if isinstance(tree, dict) else tree)
-        )
-    return False
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        return any(map(holds_array, tree))
+    return isinstance(tree, np.ndarray)
 
 
 def test_it_replays_to_the_recorded_metrics(recorded, tmp_path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -192,3 +193,18 @@ def test_without_its_dataset_a_run_still_shows_what_was_sampled_and_trained(tmp_
             assert [r.advantage for r in group.rollouts] == [
                 r.advantage for r in known_group.rollouts
             ]
+
+
+def test_a_steps_groups_print_in_pages_whose_columns_line_up(view):
+    step = view.steps[1]
+    step = dataclasses.replace(step, groups=step.groups * 3)  # 24 groups: two pages
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    tables = list(viewer.groups_tables(step))
+    assert len(tables) == 2 and viewer.GROUPS_PER_PAGE == 16
+    for table in tables:
+        console.print(table)
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    responses = sum(len(group.rollouts) for group in step.groups)
+    assert len(lines) == 1 + 2 + responses  # the title, the header and its rule, the rows
+    assert len({len(line) for line in lines[1:]}) == 1  # one width: the same columns

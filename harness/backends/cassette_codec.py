@@ -50,8 +50,10 @@ def _tinker_classes() -> dict[str, type]:
 TINKER_CLASSES = _tinker_classes()
 
 
-_KEPT = frozenset({int, str, bool, type(None)})
-"""The types `encode` gives back as they are (not float: a non-finite one is tagged)."""
+JSON_LEAVES = frozenset({int, float, str, bool, type(None)})
+"""The types of a JSON tree's leaves, which `decode` gives back as they are."""
+_KEPT = JSON_LEAVES - {float}
+"""The types `encode` gives back as they are (a float may be non-finite, which is tagged)."""
 
 
 def encode(value: Any, arrays: Arrays = None) -> Any:
@@ -180,10 +182,6 @@ def _flat_values(array: np.ndarray) -> list[Any]:
         v if ok else ("NaN" if math.isnan(v) else _NON_FINITE[v])
         for v, ok in zip(wide.tolist(), finite.tolist(), strict=True)
     ]
-
-
-JSON_LEAVES = frozenset({int, float, str, bool, type(None)})
-"""The types of a JSON tree's leaves, which `decode` gives back as they are."""
 
 
 def decode(tree: Any) -> Any:
